@@ -1,0 +1,70 @@
+"""Load the compiled extension: the one built at install (``attnfast._C``), else compile it now
+with ``torch.utils.cpp_extension.load`` (cached under ``$ATTNFAST_BUILD_DIR`` or
+``~/.cache/attnfast``), saying so on one line while it compiles.
+
+Loading registers the ``attnfast::*`` ops (schemas in ``attnfast._schema``) with their CPU
+kernels, and their CUDA kernels when the extension was built with CUDA.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+_state: dict = {}
+
+
+def _csrc() -> Path:
+    here = Path(__file__).resolve().parent
+    for cand in (here / "_csrc", here.parent / "csrc"):
+        if (cand / "ops.cpp").is_file():
+            return cand
+    raise RuntimeError("attnfast: C++ sources not found next to the package; reinstall with "
+                       "`pip install -e . --no-build-isolation`")
+
+
+def _jit():
+    from torch.utils import cpp_extension as ce
+
+    from ._sources import flags, sources
+    csrc = _csrc()
+    with_cuda = torch.version.cuda is not None and ce.CUDA_HOME is not None
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    build = Path(os.environ.get("ATTNFAST_BUILD_DIR", Path.home() / ".cache" / "attnfast"))
+    build = build / f"torch{torch.__version__}".replace("+", "_")
+    build.mkdir(parents=True, exist_ok=True)
+    print(f"attnfast: compiling the C++{'/CUDA' if with_cuda else ''} extension into {build} "
+          "(first use only) ...", file=sys.stderr, flush=True)
+    f = flags(with_cuda)
+    ce.load("attnfast_C", sources(csrc, with_cuda), extra_cflags=f["cxx"],
+            extra_cuda_cflags=f.get("nvcc"), extra_include_paths=[str(csrc)],
+            build_directory=str(build), with_cuda=with_cuda, is_python_module=False)
+
+
+def load() -> bool:
+    """Load the extension once; True on success. The failure reason is kept for error messages."""
+    if "ok" not in _state:
+        try:
+            if os.environ.get("ATTNFAST_NO_EXTENSION"):
+                raise RuntimeError("disabled by ATTNFAST_NO_EXTENSION")
+            try:
+                from . import _C  # noqa: F401  built at install
+            except ImportError:
+                _jit()
+            _state["ok"] = True
+        except Exception as exc:  # keep the reason: it goes into every "not available" error
+            _state["ok"], _state["error"] = False, f"{type(exc).__name__}: {exc}"
+    return _state["ok"]
+
+
+def error() -> str:
+    return _state.get("error", "")
+
+
+def has_cuda_kernels() -> bool:
+    """True when the loaded extension carries CUDA kernels."""
+    return load() and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "attnfast::pixel_attention", "CUDA")

@@ -1,0 +1,19 @@
+"""Source lists and compiler flags of the C++/CUDA extension, shared by setup.py and the JIT
+build (attnfast._build). Imports nothing but the standard library."""
+from pathlib import Path
+
+
+def sources(csrc: Path, with_cuda: bool):
+    """csrc/ops.cpp + csrc/cpu/*.cpp; with CUDA also csrc/cuda/*.cu and csrc/cuda/*.cpp."""
+    files = [csrc / "ops.cpp", *sorted((csrc / "cpu").glob("*.cpp"))]
+    if with_cuda:
+        files += sorted((csrc / "cuda").glob("*.cu")) + sorted((csrc / "cuda").glob("*.cpp"))
+    return [str(f) for f in files]
+
+
+def flags(with_cuda: bool):
+    cxx = ["-O3", "-std=c++17"]
+    if not with_cuda:
+        return {"cxx": cxx}
+    return {"cxx": cxx + ["-DATTNFAST_WITH_CUDA"],
+            "nvcc": ["-O3", "-std=c++17", "-lineinfo", "-DATTNFAST_WITH_CUDA"]}

@@ -1,0 +1,172 @@
+"""Eager PyTorch reference of every attnfast op: the specification in code.
+
+Every function here is plain differentiable PyTorch; autograd of it *is* the reference backward
+that the C++ CPU, CUDA and Triton backends reproduce by hand. Accumulation is float32 (float64 for
+float64 inputs), maps and losses come back in that accumulation dtype.
+
+Notation (SPEC.md): F, G are N x K x H x W; a map is N x H x W; p runs over the H*W pixels.
+Subgradient rules (SPEC decision 6), all inherited from the autograd of the ops used here:
+ReLU'(0) = 0 (``torch.relu``), ties of min(a, b) split 1/2-1/2 (``torch.minimum``), ties at a
+map's max split evenly (``torch.amax``), clamp passes the gradient where x >= bound
+(``torch.clamp_min``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as nnf
+
+EPS = 1e-6
+KINDS = ("pixel", "channel", "gradcam")
+
+
+def acc_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32: the accumulation and result dtype."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _acc(*tensors):
+    dt = acc_dtype(*tensors)
+    return [t.to(dt) for t in tensors]
+
+
+def channel_weights(grads, positive=True):
+    """w[n,k] = mean_p ReLU(G[n,k,p]) if positive, else mean_p G[n,k,p] (Grad-CAM)."""
+    (g,) = _acc(grads)
+    if positive:
+        g = torch.relu(g)
+    return g.mean(dim=(2, 3))
+
+
+def weighted_attention(features, weights):
+    """A[n,p] = ReLU(sum_k w[n,k] F[n,k,p]) (CAM form)."""
+    f, w = _acc(features, weights)
+    return torch.relu(torch.einsum("nkhw,nk->nhw", f, w))
+
+
+def channel_attention(features, grads, positive=True):
+    """A_ch = weighted_attention(F, channel_weights(G, positive)) -- Sharpen Focus Eq. 3-4."""
+    return weighted_attention(features, channel_weights(grads, positive))
+
+
+def pixel_attention(features, grads):
+    """A_px[n,p] = ReLU((1/K) sum_k G[n,k,p] F[n,k,p]) -- Sharpen Focus Eq. 5."""
+    f, g = _acc(features, grads)
+    return torch.relu((f * g).mean(dim=1))
+
+
+def normalize_attention(attn, eps=EPS):
+    """A[n] / (max(max_p A[n], 0) + eps).
+
+    The max is clamped at 0 so that a map with no positive value cannot divide by ~0 (SPEC
+    decision 7); attention maps are non-negative, for them this is exactly A / (max A + eps).
+    """
+    (a,) = _acc(attn)
+    m = torch.clamp_min(torch.amax(a, dim=(1, 2), keepdim=True), 0.0)
+    return a / (m + eps)
+
+
+def resize(attn, size):
+    """Bilinear resize (align_corners=False) of N x h x w maps to ``size``; identity if same."""
+    if size is None or tuple(size) == tuple(attn.shape[-2:]):
+        return attn
+    return nnf.interpolate(attn[:, None], size=tuple(size), mode="bilinear",
+                           align_corners=False)[:, 0]
+
+
+def soft_mask(attn_last, sigma=0.55, omega=100.0, size=None, eps=EPS):
+    """M = sigmoid(omega * (R(normalize(A)) - sigma)) -- Sharpen Focus Eq. 7."""
+    return torch.sigmoid(omega * (resize(normalize_attention(attn_last, eps), size) - sigma))
+
+
+def soft_iou(attn_a, attn_b, mask=None, eps=EPS):
+    """2 sum_p min(a,b) M / (sum_p (a + b) + eps), per sample -- Sharpen Focus Eq. 6."""
+    a, b = _acc(attn_a, attn_b)
+    inter = torch.minimum(a, b)
+    if mask is not None:
+        inter = inter * mask.to(a.dtype)
+    return 2.0 * inter.sum(dim=(1, 2)) / ((a + b).sum(dim=(1, 2)) + eps)
+
+
+def attention_consistency(attn_inner, mask, alpha=1.0, eps=EPS):
+    """L_ac = alpha - sum_p A M / (sum_p A + eps), per sample -- Sharpen Focus Eq. 8."""
+    a, m = _acc(attn_inner, mask)
+    return alpha - (a * m).sum(dim=(1, 2)) / (a.sum(dim=(1, 2)) + eps)
+
+
+def layer_attention(features, grads, kind):
+    """The attention map of one layer for one class, of the given kind.
+
+    ``grads`` is either N x K x H x W or N x K per-channel weights standing for a gradient that
+    is the same at every pixel (GAP + linear head); the latter is exactly the former broadcast.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"attention must be one of {KINDS}, got {kind!r}")
+    if grads.dim() == 2:
+        grads = grads[:, :, None, None].expand(-1, -1, *features.shape[-2:])
+    if kind == "pixel":
+        return pixel_attention(features, grads)
+    return channel_attention(features, grads, positive=(kind == "channel"))
+
+
+def sharpen_focus_parts(inner_features, inner_grads_target, inner_grads_confuser,
+                        last_features, last_grads_target, last_grads_confuser, *,
+                        attention="pixel", sigma=0.55, omega=100.0, alpha=1.0,
+                        normalize=True, mask_grad=False, eps=EPS):
+    """Per-sample (inner_iou, last_iou, consistency) of Sharpen Focus Eq. 9.
+
+    M_last = soft_mask(A_last_t), M_inner = soft_mask(A_last_t, size=inner size) (SPEC decisions
+    1 and 4), detached unless ``mask_grad``; the four maps are max-normalized first when
+    ``normalize`` (decision 3) and L_ac is taken on the same inner target map the soft-IoU sees.
+    """
+    a_it = layer_attention(inner_features, inner_grads_target, attention)
+    a_ic = layer_attention(inner_features, inner_grads_confuser, attention)
+    a_lt = layer_attention(last_features, last_grads_target, attention)
+    a_lc = layer_attention(last_features, last_grads_confuser, attention)
+    src = a_lt if mask_grad else a_lt.detach()
+    m_last = soft_mask(src, sigma, omega, None, eps)
+    m_inner = soft_mask(src, sigma, omega, a_it.shape[-2:], eps)
+    if normalize:
+        a_it, a_ic, a_lt, a_lc = (normalize_attention(a, eps) for a in (a_it, a_ic, a_lt, a_lc))
+    return (soft_iou(a_it, a_ic, m_inner, eps), soft_iou(a_lt, a_lc, m_last, eps),
+            attention_consistency(a_it, m_inner, alpha, eps))
+
+
+def reduce(x, reduction):
+    """'mean' | 'sum' | 'none' over the batch."""
+    if reduction == "mean":
+        return x.mean()
+    if reduction == "sum":
+        return x.sum()
+    if reduction == "none":
+        return x
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def sharpen_focus_loss(*tensors, reduction="mean", **options):
+    """loss = reduce(inner_iou + last_iou + consistency); returns (loss, inner, last, consistency)."""
+    inner, last, cons = sharpen_focus_parts(*tensors, **options)
+    return reduce(inner + last + cons, reduction), inner, last, cons
+
+
+def channel_spatial_attention(features, channel_weights, eps=EPS):
+    """GGAM Eq. 1-3: B = A * S; T[n,p] = sum_c B / (sum_{c,p} B + eps); D = A * T.
+
+    Returns (D in the input dtype, T in the accumulation dtype).
+    """
+    a, s = _acc(features, channel_weights)
+    colsum = (a * s[:, :, None, None]).sum(dim=1)
+    t = colsum / (colsum.sum(dim=(1, 2), keepdim=True) + eps)
+    return (a * t[:, None]).to(features.dtype), t
+
+
+def ggam_loss(channel_weights, gradcam_weights, eps=EPS):
+    """0.5 (KL(p||q) + KL(q||p)), p = S, q = sigmoid(beta) / sum_k sigmoid(beta) -- GGAM Eq. 5.
+
+    KL(x||y) = sum_k x' log(x'/y') with x' = max(x, eps), y' = max(y, eps).
+    """
+    p, beta = _acc(channel_weights, gradcam_weights)
+    s = torch.sigmoid(beta)
+    q = s / s.sum(dim=1, keepdim=True)
+    p, q = torch.clamp_min(p, eps), torch.clamp_min(q, eps)
+    lp, lq = torch.log(p), torch.log(q)
+    return 0.5 * ((p * (lp - lq)).sum(dim=1) + (q * (lq - lp)).sum(dim=1))
