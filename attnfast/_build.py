@@ -54,6 +54,8 @@ def load() -> bool:
                 from . import _C  # noqa: F401  built at install
             except ImportError:
                 _jit()
+            from . import _register
+            _register.register("attnfast", fakes=True)
             _state["ok"] = True
         except Exception as exc:  # keep the reason: it goes into every "not available" error
             _state["ok"], _state["error"] = False, f"{type(exc).__name__}: {exc}"
