@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import attnfast
-from conftest import big, cases, check
+from conftest import DEVICE, big, cases, check, kink_free, pre_activation
 from shapes import BIG, BIG_SMALL, FORMATS
 
 
@@ -19,8 +19,8 @@ def test_channel_weights(backend, dtype, shape, fmt, positive):
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("backend,dtype,shape", cases(BIG, BIG_SMALL))
 def test_weighted_attention(backend, dtype, shape, fmt):
-    f = big(shape, dtype, fmt)
-    w = torch.randn(shape[:2], device=f.device)
+    f, w = kink_free(lambda: (big(shape, dtype, fmt), torch.randn(shape[:2], device=DEVICE)),
+                     lambda f, w: torch.einsum("nkhw,nk->nhw", f, w))
     check(attnfast.weighted_attention, [f, w], backend)
 
 
@@ -28,6 +28,8 @@ def test_weighted_attention(backend, dtype, shape, fmt):
 @pytest.mark.parametrize("positive", [True, False])
 @pytest.mark.parametrize("backend,dtype,shape", cases(BIG, BIG_SMALL))
 def test_channel_attention(backend, dtype, shape, fmt, positive):
-    f, g = big(shape, dtype, fmt), big(shape, dtype, fmt)
+    kind = "channel" if positive else "gradcam"
+    f, g = kink_free(lambda: (big(shape, dtype, fmt), big(shape, dtype, fmt)),
+                     lambda f, g: pre_activation(kind, f, g))
     (a,) = check(lambda f, g: attnfast.channel_attention(f, g, positive=positive), [f, g], backend)
     assert a.shape == (shape[0], *shape[2:])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import attnfast
-from conftest import BACKENDS, DEVICE, big, dtypes, require, small, check
+from conftest import BACKENDS, DEVICE, big, check, dtypes, kink_free, pre_activation, require, small
 from shapes import PAIRS, PAIRS_SMALL
 
 KINDS = ["pixel", "channel", "gradcam"]
@@ -20,17 +20,24 @@ def _cases():
     return out
 
 
-def _inputs(dtype, n, ki, kl, inner_hw, last_hw, fmt="nchw", per_channel=False):
-    fi, fl = big((n, ki, *inner_hw), dtype, fmt), big((n, kl, *last_hw), dtype, fmt)
-    last_g = (lambda: torch.randn(n, kl, device=DEVICE) / 10) if per_channel else \
-        (lambda: big((n, kl, *last_hw), dtype, fmt))
-    return [fi, big(fi.shape, dtype, fmt), big(fi.shape, dtype, fmt), fl, last_g(), last_g()]
+def _inputs(dtype, n, ki, kl, inner_hw, last_hw, fmt="nchw", per_channel=False, kind="pixel"):
+    """Random (F, Gt, Gc) of an inner and a last layer, no map pre-activation near a kink."""
+    def make():
+        fi, fl = big((n, ki, *inner_hw), dtype, fmt), big((n, kl, *last_hw), dtype, fmt)
+        last_g = (lambda: torch.randn(n, kl, device=DEVICE) / 10) if per_channel else \
+            (lambda: big((n, kl, *last_hw), dtype, fmt))
+        return [fi, big(fi.shape, dtype, fmt), big(fi.shape, dtype, fmt), fl, last_g(), last_g()]
+
+    def pre(fi, gt, gc, fl, lt, lc):
+        return torch.cat([pre_activation(kind, f, g).flatten()
+                          for f, g in ((fi, gt), (fi, gc), (fl, lt), (fl, lc))])
+    return kink_free(make, pre)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("backend,dtype,n,ki,kl,pair", _cases())
 def test_sharpen_focus_loss(backend, dtype, n, ki, kl, pair, kind):
-    xs = _inputs(dtype, n, ki, kl, *pair)
+    xs = _inputs(dtype, n, ki, kl, *pair, kind=kind)
     out = check(lambda *t: attnfast.sharpen_focus_loss(*t, attention=kind), xs, backend, out_tol=1e-4)
     loss, inner, last, cons = out
     torch.testing.assert_close(loss, (inner + last + cons).mean())
@@ -44,7 +51,7 @@ def test_sharpen_focus_loss(backend, dtype, n, ki, kl, pair, kind):
 def test_options(backend, kind, per_channel, mask_grad, normalize):
     dt, n, ki, kl, pair = ((torch.float32, 2, 5, 3, PAIRS_SMALL[1]) if small(backend)
                            else (dtypes(backend)[1], 4, 16, 24, PAIRS[1]))
-    xs = _inputs(dt, n, ki, kl, *pair, fmt="channels_last", per_channel=per_channel)
+    xs = _inputs(dt, n, ki, kl, *pair, fmt="channels_last", per_channel=per_channel, kind=kind)
     check(lambda *t: attnfast.sharpen_focus_loss(*t, attention=kind, mask_grad=mask_grad,
                                                  normalize=normalize, reduction="sum",
                                                  sigma=0.4, omega=30.0, alpha=0.5),

@@ -1,0 +1,58 @@
+// Framework-free basics shared by the CPU and CUDA kernels: the host/device qualifier, the
+// element layout of a big N x K x (H*W) tensor, and the scalar subgradient rules of SPEC
+// decision 6. No ATen here: this header compiles with a plain C++ compiler or nvcc alone.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define ATTNFAST_HD __host__ __device__
+#else
+#define ATTNFAST_HD
+#endif
+
+namespace attnfast {
+
+// Attention kinds, as the `kind` argument of sharpen_focus_loss encodes them.
+enum Kind : int64_t { kPixel = 0, kChannel = 1, kGradcam = 2 };
+
+// Element strides of a big tensor seen as N x K x P, P = H * W, pixel p = i * W + j:
+// element (n, k, p) sits at n * sn + k * sk + p * sp. Contiguous NCHW is (K P, P, 1),
+// channels_last is (P K, 1, K); a dimension of size 1 is given stride 0.
+struct Layout {
+  int64_t sn, sk, sp;
+  ATTNFAST_HD int64_t at(int64_t n, int64_t k, int64_t p) const { return n * sn + k * sk + p * sp; }
+  ATTNFAST_HD bool operator==(const Layout& o) const { return sn == o.sn && sk == o.sk && sp == o.sp; }
+  // True when consecutive pixels are closer in memory than consecutive channels (NCHW).
+  ATTNFAST_HD bool pixels_inner() const { return sk == 0 || (sp != 0 && sp < sk); }
+};
+
+// ReLU(x) = max(x, 0) (NaN stays NaN, as torch.relu) and its subgradient with ReLU'(0) = 0.
+template <class T> ATTNFAST_HD inline T relu(T x) { return x < T(0) ? T(0) : x; }
+template <class T> ATTNFAST_HD inline T relu_grad(T x) { return static_cast<T>(x > T(0)); }
+
+// sigmoid(x) = 1 / (1 + exp(-x)); exp overflow gives exactly 0, never NaN.
+template <class T> ATTNFAST_HD inline T sigmoid(T x) {
+  using std::exp;
+  return T(1) / (T(1) + exp(-x));
+}
+
+// Per-element term of the channel weights: ReLU(g) (positive, Sharpen Focus A_ch) or g
+// (Grad-CAM), and its derivative in g.
+template <class T> ATTNFAST_HD inline T weight_term(bool positive, T g) { return positive ? relu(g) : g; }
+template <class T> ATTNFAST_HD inline T weight_term_grad(bool positive, T g) {
+  return static_cast<T>(!positive || g > T(0));  // branch-free: vectorizes
+}
+
+// A gradient g[n,k] that is the same at every pixel (N x K grads) acts through one effective
+// channel weight: pixel A = ReLU(sum_k (g/K) F) -> g/K; channel mean_p ReLU(g) -> ReLU(g);
+// gradcam mean_p g -> g. `const_grad_weight_grad` is d(weight)/dg.
+template <class T> ATTNFAST_HD inline T const_grad_weight(int64_t kind, T g, T inv_k) {
+  return kind == kPixel ? g * inv_k : weight_term(kind == kChannel, g);
+}
+template <class T> ATTNFAST_HD inline T const_grad_weight_grad(int64_t kind, T g, T inv_k) {
+  return kind == kPixel ? inv_k : weight_term_grad(kind == kChannel, g);
+}
+
+}  // namespace attnfast

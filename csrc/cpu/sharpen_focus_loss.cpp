@@ -1,0 +1,350 @@
+// sharpen_focus_loss, fused (SPEC "sharpen_focus_loss"). Per sample n, one read pass over each
+// layer's features builds its target AND confuser maps together (after one pass over the 4-D
+// gradients for the channel weights of the channel/gradcam kinds); the map math of
+// common/sharpen_focus.h then runs in thread-local buffers.
+//
+// The map of class c (0 = target, 1 = confuser) of a layer, g its gradient:
+//   pixel kind, g 4-D:   A = ReLU((1/K) sum_k g[k,p] F[k,p])                       ("pixel mode")
+//   otherwise:           A = ReLU(sum_k w[k] F[k,p])                                ("weights mode")
+//     w = mean_p ReLU(g) (channel) or mean_p g (gradcam) for 4-D g; for N x K g (a gradient
+//     constant over pixels) w = g/K (pixel), ReLU(g) (channel), g (gradcam).
+// Backward: recompute the maps, get dA from sf_backward, e = dA [A > 0], then ONE streaming pass
+// over the layer (tile by tile) writing dF and dG of pixel-mode classes:
+//   pixel mode:   dF += (e/K) g,  dg = (e/K) F
+//   weights mode: dF += e w[k],   r[k] = sum_p e F;  then dg[k,p] = r[k]/P * [g > 0 or 1] (4-D,
+//                 a write pass over g) or dg[k] = r[k] * dw/dg (N x K; no K x H x W tensor).
+#include <type_traits>
+
+#include "common/sharpen_focus.h"
+#include "cpu/channel_weights.h"
+#include "cpu/kernels.h"
+
+namespace attnfast::cpu {
+namespace {
+
+// One layer as the kernels read it: F dense, each gradient 4-D in F's layout or N x K.
+struct LayerIn {
+  Tensor f, g[2];
+  Layout L;
+  int64_t K, H, W, P;
+  bool two_d[2];
+};
+
+LayerIn layer_in(const Tensor& features, const Tensor& grads_t, const Tensor& grads_c,
+                 const char* const names[3]) {
+  check_big(features, names[0]);
+  LayerIn in;
+  in.f = dense(features);
+  in.L = layout_of(in.f);
+  in.K = in.f.size(1), in.H = in.f.size(2), in.W = in.f.size(3), in.P = in.H * in.W;
+  const Tensor* gs[2] = {&grads_t, &grads_c};
+  for (int c = 0; c < 2; ++c) {
+    const Tensor& g = *gs[c];
+    in.two_d[c] = g.dim() == 2;
+    if (in.two_d[c]) {
+      check_shape(g, names[1 + c], {in.f.size(0), in.K});
+      in.g[c] = small(g, acc_dtype(in.f));
+    } else {
+      check_same_big(features, names[0], g, names[1 + c]);
+      in.g[c] = like_layout(g, in.f);
+    }
+  }
+  return in;
+}
+
+// Raw pointers of one layer (S: element type, A: accumulation type); outputs null in forward.
+template <class S, class A> struct Layer {
+  const S* f = nullptr;
+  const S* g[2] = {nullptr, nullptr};   // 4-D gradients
+  const A* g2[2] = {nullptr, nullptr};  // N x K gradients
+  S* df = nullptr;
+  S* dg[2] = {nullptr, nullptr};
+  A* dg2[2] = {nullptr, nullptr};
+  Layout L;
+  int64_t K, P, kind;
+  bool px[2];  // pixel mode per class
+};
+
+template <class S, class A> Layer<S, A> layer_ptrs(const LayerIn& in, int64_t kind) {
+  Layer<S, A> ly;
+  ly.f = in.f.const_data_ptr<S>();
+  for (int c = 0; c < 2; ++c) {
+    if (in.two_d[c]) {
+      ly.g2[c] = in.g[c].const_data_ptr<A>();
+    } else {
+      ly.g[c] = in.g[c].const_data_ptr<S>();
+    }
+    ly.px[c] = kind == kPixel && !in.two_d[c];
+  }
+  ly.L = in.L, ly.K = in.K, ly.P = in.P, ly.kind = kind;
+  return ly;
+}
+
+// fn(px0, px1) with the pixel modes as compile-time constants.
+template <class Fn> void with_modes(const bool* px, const Fn& fn) {
+  using T = std::true_type;
+  using F = std::false_type;
+  if (px[0]) {
+    px[1] ? fn(T{}, T{}) : fn(T{}, F{});
+  } else {
+    px[1] ? fn(F{}, T{}) : fn(F{}, F{});
+  }
+}
+
+template <class S> const S* at_sample(const S* p, int64_t off) { return p ? p + off : nullptr; }
+template <class S> S* at_sample(S* p, int64_t off) { return p ? p + off : nullptr; }
+
+// w[k] of class c of sample n (weights mode only).
+template <class S, class A> void class_weights(const Layer<S, A>& ly, int c, int64_t n, A* w) {
+  const int64_t K = ly.K;
+  if (ly.g2[c]) {
+    for (int64_t k = 0; k < K; ++k) w[k] = const_grad_weight(ly.kind, ly.g2[c][n * K + k], A(1) / A(K));
+    return;
+  }
+  fill(w, K, A(0));
+  add_channel_sums(ly.g[c] + n * ly.L.sn, ly.L, 0, K, ly.P, ly.kind == kChannel, w);
+  for (int64_t k = 0; k < K; ++k) w[k] /= A(ly.P);
+}
+
+// The raw maps a0 (target), a1 (confuser) of sample n; w: 2K scratch that keeps the weights.
+// Tile by tile, the tile's map values accumulate in local arrays.
+template <class S, class A>
+void layer_maps(const Layer<S, A>& ly, int64_t n, A* w, A* a0, A* a1) {
+  const int64_t K = ly.K, P = ly.P, base = n * ly.L.sn;
+  for (int c = 0; c < 2; ++c)
+    if (!ly.px[c]) class_weights(ly, c, n, w + c * K);
+  fill(a0, P, A(0));
+  fill(a1, P, A(0));
+  const S *f = ly.f + base, *g0 = at_sample(ly.g[0], base), *g1 = at_sample(ly.g[1], base);
+  const A *w0 = w, *w1 = w + K;
+  with_modes(ly.px, [&](auto px0, auto px1) {
+    for_tiles(ly.L, 0, K, 0, P, [&](int64_t k0, int64_t k1, int64_t p0, int64_t p1) {
+      A z0[kTile], z1[kTile];
+      std::copy(a0 + p0, a0 + p1, z0);
+      std::copy(a1 + p0, a1 + p1, z1);
+      visit(ly.L, k0, k1, p0, p1, [&](int64_t k, int64_t p, int64_t off) {
+        const A fv = static_cast<A>(f[off]);
+        if constexpr (decltype(px0)::value) z0[p - p0] += static_cast<A>(g0[off]) * fv;
+        else z0[p - p0] += w0[k] * fv;
+        if constexpr (decltype(px1)::value) z1[p - p0] += static_cast<A>(g1[off]) * fv;
+        else z1[p - p0] += w1[k] * fv;
+      });
+      std::copy(z0, z0 + (p1 - p0), a0 + p0);
+      std::copy(z1, z1 + (p1 - p0), a1 + p0);
+    });
+  });
+  for (int64_t p = 0; p < P; ++p) {
+    a0[p] = relu(ly.px[0] ? a0[p] / A(K) : a0[p]);
+    a1[p] = relu(ly.px[1] ? a1[p] / A(K) : a1[p]);
+  }
+}
+
+// dg of a weights-mode class c from r[k] = sum_p e[p] F[k,p] = dL/dw[k] (r is overwritten).
+template <class S, class A>
+void class_weights_backward(const Layer<S, A>& ly, int c, int64_t n, A* r) {
+  const int64_t K = ly.K;
+  if (ly.g2[c]) {
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t i = n * K + k;
+      ly.dg2[c][i] = r[k] * const_grad_weight_grad(ly.kind, ly.g2[c][i], A(1) / A(K));
+    }
+    return;
+  }
+  const bool positive = ly.kind == kChannel;
+  const int64_t base = n * ly.L.sn;
+  const S* g = ly.g[c] + base;
+  S* dg = ly.dg[c] + base;
+  for (int64_t k = 0; k < K; ++k) r[k] /= A(ly.P);
+  visit(ly.L, 0, K, 0, ly.P, [&](int64_t k, int64_t, int64_t off) {
+    dg[off] = static_cast<S>(r[k] * weight_term_grad(positive, static_cast<A>(g[off])));
+  });
+}
+
+// Gradients of sample n given e0 = dA_target, e1 = dA_confuser (overwritten); w as left by
+// layer_maps; r: 2K scratch. One streaming pass over the layer, tile by tile: dF (and the
+// r[k] sums) from the tile, then dG of pixel-mode classes from the same, cached, tile.
+template <class S, class A>
+void layer_backward(const Layer<S, A>& ly, int64_t n, const A* w, const A* a0, const A* a1, A* e0,
+                    A* e1, A* r) {
+  const int64_t K = ly.K, P = ly.P, base = n * ly.L.sn;
+  const A s0 = ly.px[0] ? A(1) / A(K) : A(1), s1 = ly.px[1] ? A(1) / A(K) : A(1);
+  for (int64_t p = 0; p < P; ++p) {
+    e0[p] = e0[p] * relu_grad(a0[p]) * s0;
+    e1[p] = e1[p] * relu_grad(a1[p]) * s1;
+  }
+  fill(r, 2 * K, A(0));
+  const S *f = ly.f + base, *g0 = at_sample(ly.g[0], base), *g1 = at_sample(ly.g[1], base);
+  S *df = ly.df + base, *dg0 = at_sample(ly.dg[0], base), *dg1 = at_sample(ly.dg[1], base);
+  with_modes(ly.px, [&](auto px0, auto px1) {
+    constexpr bool pix0 = decltype(px0)::value, pix1 = decltype(px1)::value;
+    for_tiles(ly.L, 0, K, 0, P, [&](int64_t k0, int64_t k1, int64_t p0, int64_t p1) {
+      A u0[kTile], u1[kTile], v0[kTile], v1[kTile], r0[kTile], r1[kTile];  // e, w, r of the tile
+      std::copy(e0 + p0, e0 + p1, u0);
+      std::copy(e1 + p0, e1 + p1, u1);
+      std::copy(w + k0, w + k1, v0);
+      std::copy(w + K + k0, w + K + k1, v1);
+      std::fill(r0, r0 + (k1 - k0), A(0));
+      std::fill(r1, r1 + (k1 - k0), A(0));
+      visit(ly.L, k0, k1, p0, p1, [&](int64_t k, int64_t p, int64_t off) {
+        [[maybe_unused]] const A fv = static_cast<A>(f[off]);
+        A d;
+        if constexpr (pix0) {
+          d = u0[p - p0] * static_cast<A>(g0[off]);
+        } else {
+          d = u0[p - p0] * v0[k - k0];
+          r0[k - k0] += u0[p - p0] * fv;
+        }
+        if constexpr (pix1) {
+          d += u1[p - p0] * static_cast<A>(g1[off]);
+        } else {
+          d += u1[p - p0] * v1[k - k0];
+          r1[k - k0] += u1[p - p0] * fv;
+        }
+        df[off] = static_cast<S>(d);
+      });
+      if constexpr (pix0 || pix1) {
+        visit(ly.L, k0, k1, p0, p1, [&](int64_t, int64_t p, int64_t off) {
+          const A fv = static_cast<A>(f[off]);
+          if constexpr (pix0) dg0[off] = static_cast<S>(u0[p - p0] * fv);
+          if constexpr (pix1) dg1[off] = static_cast<S>(u1[p - p0] * fv);
+        });
+      }
+      for (int64_t k = k0; k < k1; ++k) {
+        r[k] += r0[k - k0];
+        r[K + k] += r1[k - k0];
+      }
+    });
+  });
+  for (int c = 0; c < 2; ++c)
+    if (!ly.px[c]) class_weights_backward(ly, c, n, r + c * K);
+}
+
+const char* const kInnerNames[3] = {"inner_features", "inner_grads_target", "inner_grads_confuser"};
+const char* const kLastNames[3] = {"last_features", "last_grads_target", "last_grads_confuser"};
+
+void check_pair(const LayerIn& inner, const LayerIn& last, int64_t kind) {
+  TORCH_CHECK(kind >= kPixel && kind <= kGradcam,
+              "attnfast: kind must be 0 (pixel), 1 (channel) or 2 (gradcam), got ", kind);
+  TORCH_CHECK(inner.f.size(0) == last.f.size(0), "attnfast: inner_features has N = ",
+              inner.f.size(0), " but last_features has N = ", last.f.size(0));
+  TORCH_CHECK(inner.f.scalar_type() == last.f.scalar_type(), "attnfast: inner_features has dtype ",
+              inner.f.scalar_type(), " but last_features has dtype ", last.f.scalar_type());
+}
+
+// Thread-local scratch of one sample: 4 maps, 4 map gradients, weights of both layers, r, and
+// the map math's own scratch.
+struct Scratch {
+  int64_t pi, pl, ki, kl;
+  SfShape shape;
+  Scratch(const LayerIn& i, const LayerIn& l)
+      : pi(i.P), pl(l.P), ki(i.K), kl(l.K), shape{i.H, i.W, l.H, l.W} {}
+  int64_t size() const {
+    return 2 * (2 * pi + 2 * pl) + 2 * ki + 2 * kl + 2 * std::max(ki, kl) + sf_scratch_size(shape);
+  }
+  template <class A> struct Parts {
+    A *ti, *ci, *tl, *cl, *dti, *dci, *dtl, *dcl, *wi, *wl, *r, *sf;
+  };
+  template <class A> Parts<A> split(A* s) const {
+    Parts<A> q;
+    q.ti = s, q.ci = q.ti + pi, q.tl = q.ci + pi, q.cl = q.tl + pl;
+    q.dti = q.cl + pl, q.dci = q.dti + pi, q.dtl = q.dci + pi, q.dcl = q.dtl + pl;
+    q.wi = q.dcl + pl, q.wl = q.wi + 2 * ki, q.r = q.wl + 2 * kl, q.sf = q.r + 2 * std::max(ki, kl);
+    return q;
+  }
+};
+
+template <class A>
+SfOptions<A> sf_options(double sigma, double omega, double alpha, bool normalize, bool mask_grad,
+                        double eps) {
+  return {A(sigma), A(omega), A(alpha), A(eps), normalize, mask_grad};
+}
+
+}  // namespace
+
+Tensor3 sharpen_focus_loss(const Tensor& inner_features, const Tensor& inner_grads_target,
+                           const Tensor& inner_grads_confuser, const Tensor& last_features,
+                           const Tensor& last_grads_target, const Tensor& last_grads_confuser,
+                           int64_t kind, double sigma, double omega, double alpha, bool normalize,
+                           bool mask_grad, double eps) {
+  const LayerIn in_i = layer_in(inner_features, inner_grads_target, inner_grads_confuser, kInnerNames);
+  const LayerIn in_l = layer_in(last_features, last_grads_target, last_grads_confuser, kLastNames);
+  check_pair(in_i, in_l, kind);
+  const int64_t N = in_i.f.size(0);
+  const auto opts = in_i.f.options().dtype(acc_dtype(in_i.f));
+  Tensor inner_iou = at::empty({N}, opts), last_iou = at::empty({N}, opts),
+         consistency = at::empty({N}, opts);
+  const Scratch sc(in_i, in_l);
+  ATTNFAST_DISPATCH_BIG(in_i.f.scalar_type(), "attnfast::sharpen_focus_loss", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const auto li = layer_ptrs<scalar_t, A>(in_i, kind), ll = layer_ptrs<scalar_t, A>(in_l, kind);
+    const auto o = sf_options<A>(sigma, omega, alpha, normalize, mask_grad, eps);
+    A *oi = inner_iou.mutable_data_ptr<A>(), *ol = last_iou.mutable_data_ptr<A>(),
+      *oc = consistency.mutable_data_ptr<A>();
+    const int64_t work = 3 * (in_i.K * in_i.P + in_l.K * in_l.P);
+    for_each_sample<A>(N, work, sc.size(), [&](int64_t n, A* s) {
+      const auto q = sc.split(s);
+      layer_maps(li, n, q.wi, q.ti, q.ci);
+      layer_maps(ll, n, q.wl, q.tl, q.cl);
+      A v[3];
+      sf_forward(q.ti, q.ci, q.tl, q.cl, sc.shape, o, q.sf, v);
+      oi[n] = v[0], ol[n] = v[1], oc[n] = v[2];
+    });
+  });
+  return {inner_iou, last_iou, consistency};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sharpen_focus_loss_backward(
+    const Tensor& grad_inner_iou, const Tensor& grad_last_iou, const Tensor& grad_consistency,
+    const Tensor& inner_features, const Tensor& inner_grads_target,
+    const Tensor& inner_grads_confuser, const Tensor& last_features,
+    const Tensor& last_grads_target, const Tensor& last_grads_confuser, int64_t kind,
+    double sigma, double omega, double alpha, bool normalize, bool mask_grad, double eps) {
+  const LayerIn in_i = layer_in(inner_features, inner_grads_target, inner_grads_confuser, kInnerNames);
+  const LayerIn in_l = layer_in(last_features, last_grads_target, last_grads_confuser, kLastNames);
+  check_pair(in_i, in_l, kind);
+  const int64_t N = in_i.f.size(0);
+  const auto acc = acc_dtype(in_i.f);
+  check_shape(grad_inner_iou, "grad_inner_iou", {N});
+  check_shape(grad_last_iou, "grad_last_iou", {N});
+  check_shape(grad_consistency, "grad_consistency", {N});
+  const Tensor gi = small(grad_inner_iou, acc), gl = small(grad_last_iou, acc),
+               gc = small(grad_consistency, acc);
+  BigOut outs[6] = {{inner_features, in_i.f},    {inner_grads_target, in_i.f},
+                    {inner_grads_confuser, in_i.f}, {last_features, in_l.f},
+                    {last_grads_target, in_l.f}, {last_grads_confuser, in_l.f}};
+  const Scratch sc(in_i, in_l);
+  ATTNFAST_DISPATCH_BIG(in_i.f.scalar_type(), "attnfast::sharpen_focus_loss_backward", [&] {
+    using S = scalar_t;
+    using A = at::opmath_type<S>;
+    Layer<S, A> ly[2] = {layer_ptrs<S, A>(in_i, kind), layer_ptrs<S, A>(in_l, kind)};
+    const LayerIn* ins[2] = {&in_i, &in_l};
+    for (int j = 0; j < 2; ++j) {
+      ly[j].df = outs[3 * j].work.mutable_data_ptr<S>();
+      for (int c = 0; c < 2; ++c) {
+        Tensor& w = outs[3 * j + 1 + c].work;
+        if (ins[j]->two_d[c]) {
+          ly[j].dg2[c] = w.mutable_data_ptr<A>();
+        } else {
+          ly[j].dg[c] = w.mutable_data_ptr<S>();
+        }
+      }
+    }
+    const auto o = sf_options<A>(sigma, omega, alpha, normalize, mask_grad, eps);
+    const A *gip = gi.const_data_ptr<A>(), *glp = gl.const_data_ptr<A>(),
+            *gcp = gc.const_data_ptr<A>();
+    const int64_t work = 8 * (in_i.K * in_i.P + in_l.K * in_l.P);
+    for_each_sample<A>(N, work, sc.size(), [&](int64_t n, A* s) {
+      const auto q = sc.split(s);
+      layer_maps(ly[0], n, q.wi, q.ti, q.ci);
+      layer_maps(ly[1], n, q.wl, q.tl, q.cl);
+      sf_backward(gip[n], glp[n], gcp[n], q.ti, q.ci, q.tl, q.cl, sc.shape, o, q.sf, q.dti,
+                  q.dci, q.dtl, q.dcl);
+      layer_backward(ly[0], n, q.wi, q.ti, q.ci, q.dti, q.dci, q.r);
+      layer_backward(ly[1], n, q.wl, q.tl, q.cl, q.dtl, q.dcl, q.r);
+    });
+  });
+  return {outs[0].done(), outs[1].done(), outs[2].done(),
+          outs[3].done(), outs[4].done(), outs[5].done()};
+}
+
+}  // namespace attnfast::cpu

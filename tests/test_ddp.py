@@ -1,0 +1,97 @@
+"""Data-parallel training: 2 processes (gloo, CPU) on a split batch make the same parameter update
+as 1 process on the whole batch, for every method; and the trainer runs under torchrun.
+
+The model is in eval mode (BatchNorm on running statistics) so that samples are independent;
+the losses are batch means, and DDP averages the two halves' gradients, which is the whole
+batch's gradient.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import attnfast
+from attnfast import models
+from attnfast.wrappers import GGAM, Baseline, SharpenFocus
+
+N, C, WORLD = 8, 5, 2
+METHODS = ("baseline", "sharpen-focus", "ggam")
+
+
+def _setup(method):
+    torch.manual_seed(0)
+    model = models.create("resnet8", C, in_channels=3).double().eval()
+    if method == "ggam":
+        net = GGAM(model, "layer3", channels=64, reduction=4, target="label").double()
+    elif method == "sharpen-focus":
+        net = SharpenFocus(model, "layer2", "layer3")
+    else:
+        net = Baseline(model)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(N, 3, 12, 12, generator=g, dtype=torch.float64)
+    y = torch.randint(0, C, (N,), generator=g)
+    return net, x, y
+
+
+def _update(net, x, y, wrap=lambda n: n):
+    """One SGD step; returns the new parameters."""
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    wrapped = wrap(net)  # kept alive through backward: DDP's reducer averages the gradients
+    wrapped(x, y).loss.backward()
+    opt.step()
+    return {k: v.detach().clone() for k, v in net.named_parameters()}
+
+
+def _worker(rank, init_file, out):
+    torch.set_num_threads(1)
+    attnfast.set_backend("torch")  # the wrappers and DDP are under test here, not the kernels
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD)
+    results = {}
+    for method in METHODS:
+        net, x, y = _setup(method)
+        half = N // WORLD
+        sl = slice(rank * half, (rank + 1) * half)
+        results[method] = _update(net, x[sl], y[sl],
+                                  lambda n: torch.nn.parallel.DistributedDataParallel(n))
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+def test_two_processes_split_batch_equal_one_process_whole_batch(tmp_path):
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(out)), nprocs=WORLD, join=True)
+    got = torch.load(out, weights_only=True)
+    with attnfast.use_backend("torch"):
+        for method in METHODS:
+            net, x, y = _setup(method)
+            before = {k: v.detach().clone() for k, v in net.named_parameters()}
+            want = _update(net, x, y)
+            moved = max((want[k] - before[k]).abs().max().item() for k in want)
+            assert moved > 1e-4, f"{method}: the step did not move the parameters"
+            for k in want:
+                err = (got[method][k] - want[k]).abs().max().item()
+                assert err < 1e-10, f"{method} {k}: 2-process update differs by {err:.3e}"
+
+
+@pytest.mark.parametrize("method", ["sharpen-focus"])
+def test_trainer_under_torchrun(tmp_path, method):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "attnfast.train", "--method", method, "--data", "synthetic",
+           "--train-size", "64", "--test-size", "32", "--model", "resnet8", "--image-size", "16",
+           "--epochs", "1", "--batch-size", "16", "--pictures", "0", "--out", str(out),
+           "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "2 process(es)" in r.stdout
+    metrics = json.loads((out / method / "metrics.json").read_text())
+    assert metrics["epochs"][0]["train_images"] == 64
+    assert (out / method / "checkpoint.pt").is_file()

@@ -1,0 +1,253 @@
+"""The trainer (in process, tiny models and data), data sources, metrics and models."""
+import csv
+import json
+import pickle
+
+import pytest
+import torch
+
+import attnfast
+from attnfast import data as data_mod
+from attnfast import models, train
+from attnfast.wrappers import Baseline
+
+TINY = ["--data", "synthetic", "--train-size", "32", "--test-size", "16", "--image-size", "16",
+        "--model", "resnet8", "--batch-size", "16", "--epochs", "1", "--pictures", "0",
+        "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def torch_backend():
+    with attnfast.use_backend("torch"):
+        yield
+
+
+def run(tmp_path, *extra, name="run"):
+    out = tmp_path / name
+    rc = train.main([*TINY, "--out", str(out), *extra])
+    return rc, out
+
+
+def load_ckpt(path):
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("extra", [
+    ["--method", "baseline"],
+    ["--method", "sharpen-focus"],
+    ["--method", "sharpen-focus", "--attention", "channel", "--first-order"],
+    ["--method", "sharpen-focus", "--attention", "gradcam", "--head", "none"],
+    ["--method", "ggam", "--reduction", "4"],
+], ids=["baseline", "sf-pixel", "sf-channel-first-order", "sf-gradcam-autograd", "ggam"])
+def test_short_run_of_every_method(tmp_path, extra, capsys):
+    rc, out = run(tmp_path, *extra)
+    assert rc == 0
+    method = extra[1]
+    m = json.loads((out / method / "metrics.json").read_text())
+    row = m["epochs"][0]
+    for key in ("train_loss", "train_images_per_s", "test_top1", "test_top5", "test_inner_iou",
+                "test_last_iou", "test_consistency", "lr"):
+        assert key in row and row[key] == row[key], key
+    assert (row["train_attention_loss"] > 0) == (method != "baseline")
+    rows = list(csv.DictReader((out / method / "metrics.csv").open()))
+    assert len(rows) == 1 and float(rows[0]["epoch"]) == 1
+    ck = load_ckpt(out / method / "checkpoint.pt")
+    assert ck["epoch"] == 1 and ck["method"] == method
+    assert method in capsys.readouterr().out
+
+
+def test_compare_table_and_pictures(tmp_path, capsys):
+    rc, out = run(tmp_path, "--compare", "--pictures", "2")
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "IoU inner" in text and "img/s" in text and "baseline " in text
+    assert "sharpen-focus " in text and "total time:" in text
+    for p in (out / "comparison.png", out / "baseline" / "attention.png",
+              out / "sharpen-focus" / "attention.png"):
+        assert p.is_file() and p.read_bytes()[:4] == b"\x89PNG" and f"picture: {p}" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["method"] for s in summary] == ["baseline", "sharpen-focus"]
+
+
+@pytest.mark.parametrize("method", ["sharpen-focus", "ggam"])
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, method):
+    """digits (random pad-crop augmentation: the RNG state must be restored too), 2 epochs with
+    a cosine schedule, straight vs. stopped after 1 and resumed."""
+    args = ["--data", "digits", "--train-size", "48", "--test-size", "16", "--image-size", "16",
+            "--method", method, "--epochs", "2", "--reduction", "4"]
+    assert run(tmp_path, *args, name="straight")[0] == 0
+    assert run(tmp_path, *args, "--stop-after", "1", name="cut")[0] == 0
+    cut = tmp_path / "cut" / method / "checkpoint.pt"
+    assert load_ckpt(cut)["epoch"] == 1
+    assert run(tmp_path, *args, "--resume", name="cut")[0] == 0
+    a, b = load_ckpt(tmp_path / "straight" / method / "checkpoint.pt"), load_ckpt(cut)
+    assert a["epoch"] == b["epoch"] == 2
+    for k, v in a["net"].items():
+        assert torch.equal(v, b["net"][k]), f"{k} differs after resume"
+    for s, t in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(s["momentum_buffer"], t["momentum_buffer"])
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+    for key in ("train_loss", "test_top1", "test_last_iou"):
+        assert [r[key] for r in a["history"]] == [r[key] for r in b["history"]]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    args = ["--method", "baseline", "--epochs", "3"]
+    assert run(tmp_path, *args, "--stop-after", "1")[0] == 0
+    ckpt = tmp_path / "run" / "baseline" / "checkpoint.pt"
+    before = load_ckpt(ckpt)
+    real = Baseline.forward
+
+    def nan_forward(self, images, targets=None):
+        step = real(self, images, targets)
+        return step._replace(loss=step.loss * float("nan")) if targets is not None else step
+
+    monkeypatch.setattr(Baseline, "forward", nan_forward)
+    rc, _ = run(tmp_path, *args, "--resume")
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "the loss became nan" in err and f"last good checkpoint {ckpt} (epoch 1) is kept" in err
+    after = load_ckpt(ckpt)
+    assert after["epoch"] == 1
+    assert all(torch.equal(v, after["net"][k]) for k, v in before["net"].items())
+
+
+def test_multilabel_run_reports_map_and_auc(tmp_path):
+    rc, out = run(tmp_path, "--method", "sharpen-focus", "--data", "synthetic-multilabel")
+    assert rc == 0
+    row = json.loads((out / "sharpen-focus" / "metrics.json").read_text())["epochs"][0]
+    assert 0 <= row["test_mAP"] <= 100 and 0 <= row["test_AUC"] <= 100
+    assert "test_top1" not in row
+
+
+def test_amp_channels_last_and_compile(tmp_path):
+    assert run(tmp_path, "--method", "sharpen-focus", "--amp", "bf16", "--channels-last",
+               name="amp")[0] == 0
+    torch._dynamo.reset()
+    assert run(tmp_path, "--method", "sharpen-focus", "--first-order", "--compile",
+               "--compile-backend", "aot_eager", name="compiled")[0] == 0
+    with pytest.raises(SystemExit, match="--compile needs --first-order"):
+        run(tmp_path, "--method", "sharpen-focus", "--compile", name="bad")
+
+
+def test_recipes_and_large_batch_scaling():
+    cfg = train.configure(train.parse_args(["--recipe", "cifar100-resnet110"]))
+    assert (cfg["data"], cfg["model"], cfg["lr"], cfg["weight_decay"], cfg["batch_size"],
+            cfg["milestones"], cfg["epochs"]) == ("cifar100", "resnet110", 0.1, 5e-4, 128,
+                                                  (81, 122), 160)
+    big = train.configure(train.parse_args(["--recipe", "imagenet-resnet18",
+                                            "--batch-size", "1024"]))
+    assert big["lr"] == pytest.approx(0.4) and big["warmup_epochs"] == 5.0
+    f = train.lr_factor(big, 10)
+    assert f(0) == pytest.approx(0.02) and f(49) == pytest.approx(1.0)
+    assert f(300) == pytest.approx(0.1) and f(600) == pytest.approx(0.01)
+    cub = train.configure(train.parse_args(["--recipe", "cub200-resnet50", "--lr", "0.01"]))
+    assert cub["image_size"] == 448 and cub["lr"] == 0.01 and cub["batch_size"] == 10
+    cos = train.lr_factor(train.configure(train.parse_args(["--epochs", "4"])), 5)
+    assert cos(0) == 1.0 and cos(10) == pytest.approx(0.5) and cos(20) == pytest.approx(0.0)
+    with pytest.raises(SystemExit, match="unknown method"):
+        train.configure(train.parse_args(["--method", "gcam"]))
+
+
+def test_average_precision_and_auc_match_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(40, 4, generator=g).round(decimals=1)  # with ties
+    targets = (torch.rand(40, 4, generator=g) < 0.4).float()
+    ap = metrics.average_precision_score(targets.numpy(), scores.numpy(), average="macro")
+    auc = metrics.roc_auc_score(targets.numpy(), scores.numpy(), average="macro")
+    assert train.roc_auc(scores, targets) == pytest.approx(auc, abs=1e-9)
+    untied = torch.randn(40, 4, generator=g)
+    ap = metrics.average_precision_score(targets.numpy(), untied.numpy(), average="macro")
+    assert train.average_precision(untied, targets) == pytest.approx(ap, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- data
+
+def test_digits_source():
+    d = data_mod.load("digits", image_size=32)
+    assert (len(d.train), len(d.test), d.num_classes, d.in_channels) == (1438, 359, 10, 1)
+    x, y = d.train[0]
+    assert x.shape == (1, 32, 32) and 0 <= int(y) < 10
+    batch = torch.stack([d.train[i][0] for i in range(8)])
+    z = d.prepare(batch, train=False)
+    assert torch.allclose(d.unnormalize(z), batch, atol=1e-5)
+    assert d.prepare(batch, train=True).shape == batch.shape
+
+
+def test_missing_paths_and_libraries_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="cifar10 needs --data-dir"):
+        data_mod.load("cifar10")
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        data_mod.load("voc2012", tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="lacks"):
+        data_mod.load("cifar100", tmp_path)
+    with pytest.raises(ValueError, match="unknown data source 'mnist'"):
+        data_mod.load("mnist")
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        for name in ("imagefolder", "caltech256", "cub200"):
+            with pytest.raises(ImportError, match="pip install torchvision"):
+                data_mod.load(name, tmp_path)
+
+
+def test_cifar_pickles(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {b"data": torch.randint(0, 256, (4, 3072), generator=g, dtype=torch.uint8).numpy(),
+             b"labels": [0, 1, 2, 9]}
+        (base / name).write_bytes(pickle.dumps(d))
+    (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": [
+        f"c{i}".encode() for i in range(10)]}))
+    d = data_mod.load("cifar10", tmp_path)
+    assert len(d.train) == 20 and len(d.test) == 4 and d.class_names[9] == "c9"
+    x, y = d.train[3]
+    assert x.dtype == torch.uint8 and x.shape == (3, 32, 32) and int(y) == 9
+    assert d.prepare(torch.stack([x, x]), train=True).shape == (2, 3, 32, 32)
+
+
+def test_voc_from_a_local_vocdevkit(tmp_path):
+    image = pytest.importorskip("PIL.Image")
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    objects = {"a": ["dog", "person"], "b": ["car"]}
+    for i, names in objects.items():
+        image.new("RGB", (20, 10), (200, 10, 10)).save(root / "JPEGImages" / f"{i}.jpg")
+        xml = "".join(f"<object><name>{n}</name><difficult>0</difficult></object>" for n in names)
+        (root / "Annotations" / f"{i}.xml").write_text(f"<annotation>{xml}</annotation>")
+    (root / "ImageSets/Main/train.txt").write_text("a\n")
+    (root / "ImageSets/Main/val.txt").write_text("b\n")
+    d = data_mod.load("voc2012", tmp_path, image_size=16)
+    assert d.multilabel and d.num_classes == 20
+    x, y = d.train[0]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.uint8
+    assert {data_mod.VOC_CLASSES[i] for i in y.nonzero()[:, 0].tolist()} == {"dog", "person"}
+    assert d.test[0][1][data_mod.VOC_CLASSES.index("car")] == 1
+
+
+# ----------------------------------------------------------------------------- models
+
+@pytest.mark.parametrize("name,shortcut,params", [
+    ("resnet20", "A", 0.27e6), ("resnet56", "A", 0.85e6), ("resnet110", "A", 1.7e6),
+    ("resnet18", "B", 11.69e6), ("resnet50", "B", 25.56e6)])
+def test_model_sizes_and_names(name, shortcut, params):
+    classes = 1000 if name in ("resnet18", "resnet50") else 10
+    m = models.create(name, classes, shortcut=shortcut)
+    n = sum(p.numel() for p in m.parameters())
+    assert abs(n - params) / params < 0.02, n
+    stages = 4 if classes == 1000 else 3
+    names = dict(m.named_children())
+    assert all(f"layer{i}" in names for i in range(1, stages + 1)) and "fc" in names
+    assert m.attention_layers == (f"layer{stages - 1}", f"layer{stages}")
+
+
+def test_model_forward_and_unknown_name():
+    x = torch.randn(2, 3, 32, 32)
+    assert models.create("resnet20", 7, shortcut="B")(x).shape == (2, 7)
+    assert models.create("resnet18", 7)(x).shape == (2, 7)
+    with pytest.raises(ValueError, match="unknown model 'resnet19'"):
+        models.create("resnet19", 10)

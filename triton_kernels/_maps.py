@@ -1,0 +1,146 @@
+"""Device helpers of the per-sample map programs (normalize, soft mask, soft-IoU, consistency).
+
+A map is N x H x W float32, contiguous; one program owns one sample n. A map of at most
+``_common.MAP_TILE`` pixels is one register tile (loaded once, ``ONE_TILE``); a larger one is
+walked in chunks of BLOCK pixels, once per pass. Subgradients follow attnfast.reference:
+ties at a map's max share its gradient evenly (torch.amax), ties of min(a, b) split it 1/2-1/2,
+the clamp of the max at 0 passes the gradient where max >= 0.
+"""
+import numpy as np
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_map(ptr, n, start, offs, HW):
+    """(x, valid): pixels start + offs of map n of an N x HW float32 map, 0 past HW."""
+    p = start + offs
+    valid = p < HW
+    x = tl.load(ptr + n * HW + p, mask=valid, other=0.0).to(tl.float32)
+    return x, valid
+
+
+@triton.jit
+def max_count(x, valid, mx, cnt):
+    """Fold a chunk into the running (max, number of pixels at the max) of a map."""
+    cmx = tl.max(tl.where(valid, x, -float("inf")), axis=0)
+    ccnt = tl.sum(tl.where(valid & (x == cmx), 1.0, 0.0), axis=0)
+    cnt = tl.where(cmx > mx, ccnt, tl.where(cmx == mx, cnt + ccnt, cnt))
+    return tl.maximum(mx, cmx), cnt
+
+
+@triton.jit
+def norm_den(mx, eps):
+    """max(mx, 0) + eps: the divisor of normalize_attention (mx = the map's max)."""
+    return tl.maximum(mx, 0.0) + eps
+
+
+@triton.jit
+def norm_grad(g, x, mx, cnt, den, sum_ga):
+    """dL/dx of a = x / den, den = max(max_p x, 0) + eps, from g = dL/da and sum_ga = sum_p g a:
+
+    dL/dx = g / den - [x == mx] [mx >= 0] / cnt * sum_ga / den.
+    """
+    tie = tl.where(mx >= 0, sum_ga / (den * cnt), 0.0)
+    return g / den - tl.where(x == mx, tie, 0.0)
+
+
+@triton.jit
+def sigmoid_mask(r, sigma, omega):
+    """sigmoid(omega * (r - sigma)) -- Sharpen Focus Eq. 7 on a normalized (resized) map r."""
+    return tl.sigmoid(omega * (r - sigma))
+
+
+@triton.jit
+def bilinear_src(dst, in_size, scale):
+    """torch's bilinear source of output index dst (align_corners=False): (i0, i1, l0, l1) with
+    src = max(scale * (dst + 0.5) - 0.5, 0), scale = in/out, i0 = floor(src),
+    i1 = min(i0 + 1, in - 1), l1 = src - i0, l0 = 1 - l1."""
+    src = tl.maximum(scale * (dst.to(tl.float32) + 0.5) - 0.5, 0.0)
+    i0 = tl.minimum(src.to(tl.int32), in_size - 1)
+    i1 = tl.minimum(i0 + 1, in_size - 1)
+    l1 = src - i0.to(tl.float32)
+    return i0, i1, 1.0 - l1, l1
+
+
+@triton.jit
+def mask_at(x_ptr, n, p, valid, den, in_h, in_w, out_w, scale_h, scale_w, sigma, omega,
+            RESIZE: tl.constexpr):
+    """M[p] = sigmoid(omega * (R(x / den)[p] - sigma)) at pixels p of the (out_h, out_w) grid,
+    R = bilinear resize from (in_h, in_w) (identity unless RESIZE); x is map n, gathered."""
+    base = x_ptr + n * (in_h * in_w)
+    oi = p // out_w
+    oj = p % out_w
+    if RESIZE:
+        i0, i1, a0, a1 = bilinear_src(oi, in_h, scale_h)
+        j0, j1, b0, b1 = bilinear_src(oj, in_w, scale_w)
+        v00 = tl.load(base + i0 * in_w + j0, mask=valid, other=0.0) / den
+        v01 = tl.load(base + i0 * in_w + j1, mask=valid, other=0.0) / den
+        v10 = tl.load(base + i1 * in_w + j0, mask=valid, other=0.0) / den
+        v11 = tl.load(base + i1 * in_w + j1, mask=valid, other=0.0) / den
+        r = a0 * (b0 * v00 + b1 * v01) + a1 * (b0 * v10 + b1 * v11)
+    else:
+        r = tl.load(base + oi * in_w + oj, mask=valid, other=0.0) / den
+    return sigmoid_mask(r, sigma, omega)
+
+
+@triton.jit
+def _adjoint_weight(t, a, in_size, scale):
+    """Weight of input index a in the bilinear row of output index t (0 if it does not use a)."""
+    i0, i1, l0, l1 = bilinear_src(t, in_size, scale)
+    return tl.where(i0 == a, l0, 0.0) + tl.where(i1 == a, l1, 0.0)
+
+
+@triton.jit
+def resize_adjoint(gz_ptr, n, p, valid, in_h, in_w, out_h, out_w, scale_h, scale_w,
+                   inv_h, inv_w, taps_h, taps_w):
+    """sum_{i,j} W_h[i, a] W_w[j, b] gz[n, i, j] at input pixels p = a * in_w + b: the transpose
+    of the bilinear resize, as a gather (deterministic). Output rows that use input row a lie in
+    [floor((a - 0.5) * out/in - 0.5) - 1, +taps_h); same for columns."""
+    a = p // in_w
+    b = p % in_w
+    i_first = tl.maximum(tl.floor((a.to(tl.float32) - 0.5) * inv_h - 0.5).to(tl.int32) - 1, 0)
+    j_first = tl.maximum(tl.floor((b.to(tl.float32) - 0.5) * inv_w - 0.5).to(tl.int32) - 1, 0)
+    base = gz_ptr + n * (out_h * out_w)
+    acc = tl.zeros(p.shape, tl.float32)
+    for ti in range(taps_h):
+        i = i_first + ti
+        wh = tl.where(i < out_h, _adjoint_weight(i, a, in_h, scale_h), 0.0)
+        for tj in range(taps_w):
+            j = j_first + tj
+            wgt = wh * tl.where(j < out_w, _adjoint_weight(j, b, in_w, scale_w), 0.0)
+            g = tl.load(base + i * out_w + j, mask=valid & (wgt != 0.0), other=0.0)
+            acc += wgt * g
+    return acc
+
+
+def resize_args(in_h, in_w, out_h, out_w):
+    """Host-side constants of a bilinear resize (in_h, in_w) -> (out_h, out_w):
+    scale_h, scale_w = in/out rounded to float32 exactly as torch does, inv_h, inv_w = out/in,
+    taps_h, taps_w = bound on the output rows/columns that read one input row/column."""
+    pairs = ((in_h, out_h), (in_w, out_w))
+    scale = [float(np.float32(i) / np.float32(max(o, 1))) for i, o in pairs]
+    inv = [o / max(i, 1) for i, o in pairs]
+    taps = [-(-2 * o // max(i, 1)) + 3 for i, o in pairs]
+    return (*scale, *inv, *taps)
+
+
+@triton.jit
+def min_share(a, b):
+    """d min(a, b) / da as torch.minimum: 1 where a < b, 1/2 at ties, 0 where a > b."""
+    return tl.where(a < b, 1.0, tl.where(a == b, 0.5, 0.0))
+
+
+@triton.jit
+def iou_grads(a, b, m, inter, den):
+    """(d/da, d/db, d/dM) of 2 * inter / den, inter = sum min(a, b) M, den = sum (a + b) + eps."""
+    common = 2.0 * inter / (den * den)
+    ga = 2.0 * min_share(a, b) * m / den - common
+    gb = 2.0 * min_share(b, a) * m / den - common
+    return ga, gb, 2.0 * tl.minimum(a, b) / den
+
+
+@triton.jit
+def consistency_grads(a, m, num, den):
+    """(d/da, d/dM) of alpha - num / den, num = sum a M, den = sum a + eps."""
+    return num / (den * den) - m / den, -a / den
