@@ -70,7 +70,7 @@ GRADCHECK = {
         *t, omega=10.0, mask_grad=True, reduction="none")[1:],
         [(2, 3, 6, 6), (2, 3, 6, 6), (2, 3, 6, 6), (2, 4, 3, 3), (2, 4, 3, 3), (2, 4)]),
     "sharpen_focus_loss_channel": (lambda *t: attnfast.sharpen_focus_loss(
-        *t, attention="channel", omega=10.0, reduction="none")[1:],
+        *t, attention="channel", omega=10.0, mask_grad=True, reduction="none")[1:],
         [(2, 3, 6, 6), (2, 3, 6, 6), (2, 3, 6, 6), (2, 4, 3, 3), (2, 4, 3, 3), (2, 4, 3, 3)]),
     "channel_spatial_attention": (lambda a, s: attnfast.channel_spatial_attention(a.abs(), s.abs()),
                                   [(2, 3, 4, 5), (2, 3)]),

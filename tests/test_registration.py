@@ -51,7 +51,12 @@ def test_opcheck(backend, name):
     args = _samples()[name]
     args = tuple(x.requires_grad_() if isinstance(x, torch.Tensor) else x for x in args)
     op = getattr(getattr(torch.ops, NAMESPACES[backend]), name)
-    torch.library.opcheck(op, args)
+    utils = "ALL"
+    if backend == "triton" and DEVICE == "cpu":
+        # wrap_triton cannot launch the interpreter on traced (AOTDispatcher) tensors, so the
+        # aot_dispatch checks run for Triton on a GPU only
+        utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(op, args, test_utils=utils)
 
 
 def _step(f, g, gc, fl, wl, wc, s, beta):
