@@ -18,14 +18,15 @@ def extensions():
         return [], {}
     import sys
     sys.path.insert(0, str(ROOT / "attnfast"))
-    from _sources import sources, flags  # noqa: E402  (plain module, no torch import side effects)
+    from _sources import LDFLAGS, flags, sources  # noqa: E402  (plain module, no torch import side effects)
     sys.path.pop(0)
     with_cuda = torch.version.cuda is not None and ce.CUDA_HOME is not None
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     kind = ce.CUDAExtension if with_cuda else ce.CppExtension
     ext = kind("attnfast._C", [os.path.relpath(s, ROOT) for s in sources(ROOT / "csrc", with_cuda)],
-               extra_compile_args=flags(with_cuda), include_dirs=[str(ROOT / "csrc")])
+               extra_compile_args=flags(with_cuda), extra_link_args=LDFLAGS,
+               include_dirs=[str(ROOT / "csrc")])
     return [ext], {"build_ext": ce.BuildExtension.with_options(use_ninja=True)}
 
 

@@ -28,7 +28,7 @@ def _csrc() -> Path:
 def _jit():
     from torch.utils import cpp_extension as ce
 
-    from ._sources import flags, sources
+    from ._sources import LDFLAGS, flags, sources
     csrc = _csrc()
     with_cuda = torch.version.cuda is not None and ce.CUDA_HOME is not None
     if with_cuda:
@@ -40,7 +40,8 @@ def _jit():
           "(first use only) ...", file=sys.stderr, flush=True)
     f = flags(with_cuda)
     ce.load("attnfast_C", sources(csrc, with_cuda), extra_cflags=f["cxx"],
-            extra_cuda_cflags=f.get("nvcc"), extra_include_paths=[str(csrc)],
+            extra_cuda_cflags=f.get("nvcc"), extra_ldflags=LDFLAGS,
+            extra_include_paths=[str(csrc)],
             build_directory=str(build), with_cuda=with_cuda, is_python_module=False)
 
 

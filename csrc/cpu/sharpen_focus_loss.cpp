@@ -91,7 +91,7 @@ template <class Fn> void with_modes(const bool* px, const Fn& fn) {
   }
 }
 
-template <class S> const S* at_sample(const S* p, int64_t off) { return p ? p + off : nullptr; }
+// p + off, or null for an absent (N x K) gradient.
 template <class S> S* at_sample(S* p, int64_t off) { return p ? p + off : nullptr; }
 
 // w[k] of class c of sample n (weights mode only).
