@@ -36,13 +36,41 @@ def norm_den(mx, eps):
 
 
 @triton.jit
-def norm_grad(g, x, mx, cnt, den, sum_ga):
-    """dL/dx of a = x / den, den = max(max_p x, 0) + eps, from g = dL/da and sum_ga = sum_p g a:
+def tie_sums(g, x, valid, mx):
+    """(sum of g over the pixels at mx, sum of g x over the other valid pixels) of a chunk."""
+    tie = valid & (x == mx)
+    return (tl.sum(tl.where(tie, g, 0.0), axis=0),
+            tl.sum(tl.where(valid & (x != mx), g * x, 0.0), axis=0))
 
-    dL/dx = g / den - [x == mx] [mx >= 0] / cnt * sum_ga / den.
-    """
-    tie = tl.where(mx >= 0, sum_ga / (den * cnt), 0.0)
-    return g / den - tl.where(x == mx, tie, 0.0)
+
+@triton.jit
+def tie_fold(g, x, valid, mx, cnt, g_tied, rest):
+    """Fold a chunk into the running (mx, cnt, g_tied, rest) of a map for norm_grad: mx = max,
+    cnt = number of pixels at mx, g_tied = sum of g over them, rest = sum of g x over the pixels
+    below mx. A larger chunk max moves the old ties into rest (mx g_tied; none while cnt = 0)."""
+    cmx = tl.max(tl.where(valid, x, -float("inf")), axis=0)
+    ccnt = tl.sum(tl.where(valid & (x == cmx), 1.0, 0.0), axis=0)
+    cg, crest = tie_sums(g, x, valid, cmx)
+    old = tl.where(cnt > 0, mx, 0.0) * g_tied
+    new = tl.where(ccnt > 0, cmx, 0.0) * cg
+    up = cmx > mx
+    eq = cmx == mx
+    rest += crest + tl.where(up, old, tl.where(eq, 0.0, new))
+    g_tied = tl.where(up, cg, tl.where(eq, g_tied + cg, g_tied))
+    cnt = tl.where(up, ccnt, tl.where(eq, cnt + ccnt, cnt))
+    return tl.maximum(mx, cmx), cnt, g_tied, rest
+
+
+@triton.jit
+def norm_grad(g, x, mx, cnt, g_tied, rest, eps):
+    """dL/dx of a = x / d, d = max(m, 0) + eps, m = max_p x, from g = dL/da, written without
+    cancellation (as csrc/common/maps.h normalize_backward_add): with c = cnt ties at m,
+    g_mean = g_tied / c, r_mean = rest / c (rest = sum of g x below m),
+      dL/dx = (g eps + m (g - g_mean) - r_mean) / d^2  at x == m >= 0,  g / d  elsewhere
+    (= g / d - [x == m] [m >= 0] sum_p g x / (c d^2)); m < 0: d = eps is constant, g / eps."""
+    d = norm_den(mx, eps)
+    tied = (g * eps + mx * (g - g_tied / cnt) - rest / cnt) / (d * d)
+    return tl.where(x == mx, tl.where(mx >= 0, tied, g / d), g / d)
 
 
 @triton.jit

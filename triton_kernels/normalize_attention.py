@@ -1,7 +1,8 @@
 """normalize_attention: y = A / (max(max_p A, 0) + eps) per sample, and its backward.
 
 Backward (den = max(max A, 0) + eps, ties at the max share evenly, clamp passes where max >= 0):
-  dA = g / den - [A == max] [max >= 0] / count * sum_p g A / den^2.
+  dA = g / den - [A == max] [max >= 0] / count * sum_p g A / den^2, evaluated at the ties in the
+  cancellation-free form of _maps.norm_grad (running sums of g at the max, g A below it).
 One program per sample; the map stays in registers up to MAP_TILE pixels.
 """
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor
 from torch.library import wrap_triton
 
 from ._common import launchable, map_block, register
-from ._maps import load_map, max_count, norm_den, norm_grad
+from ._maps import load_map, max_count, norm_den, norm_grad, tie_fold
 
 
 @triton.jit
@@ -26,19 +27,21 @@ def _normalize_kernel(x_ptr, g_ptr, out_ptr, HW, eps, GRAD: tl.constexpr,
             g_c = load_map(g_ptr, n, 0, offs, HW)[0]
     mx = -float("inf")
     cnt = 0.0
-    sum_gx = 0.0
+    g_tied = 0.0
+    rest = 0.0
     for start in range(0, HW, BLOCK):
         if ONE_TILE:
             x, valid = x_c, valid_c
         else:
             x, valid = load_map(x_ptr, n, start, offs, HW)
-        mx, cnt = max_count(x, valid, mx, cnt)
         if GRAD:
             if ONE_TILE:
                 g = g_c
             else:
                 g = load_map(g_ptr, n, start, offs, HW)[0]
-            sum_gx += tl.sum(g * x, axis=0)
+            mx, cnt, g_tied, rest = tie_fold(g, x, valid, mx, cnt, g_tied, rest)
+        else:
+            mx, cnt = max_count(x, valid, mx, cnt)
     den = norm_den(mx, eps)
     for start in range(0, HW, BLOCK):
         if ONE_TILE:
@@ -50,7 +53,7 @@ def _normalize_kernel(x_ptr, g_ptr, out_ptr, HW, eps, GRAD: tl.constexpr,
                 g = g_c
             else:
                 g = load_map(g_ptr, n, start, offs, HW)[0]
-            y = norm_grad(g, x, mx, cnt, den, sum_gx / den)
+            y = norm_grad(g, x, mx, cnt, g_tied, rest, eps)
         else:
             y = x / den
         tl.store(out_ptr + n * HW + start + offs, y, mask=valid)

@@ -22,8 +22,8 @@ from torch.library import wrap_triton
 
 from ._attention_pass import Side, attention_grads, attention_maps
 from ._common import CHANNEL, MAP, PIXEL, RELU_VEC, VEC, launchable, map_block, register
-from ._maps import (consistency_grads, iou_grads, load_map, mask_at, max_count, min_share,
-                    norm_den, norm_grad, resize_args, sigmoid_mask)
+from ._maps import (consistency_grads, iou_grads, load_map, mask_at, max_count, norm_den,
+                    norm_grad, resize_args, sigmoid_mask, tie_sums)
 from ._weights_pass import channel_means, spread_weights
 from .soft_mask import mask_source_grad
 
@@ -60,16 +60,16 @@ def _last_chunk(lt_ptr, lc_ptr, n, start, offs, HWl, den_m, sigma, omega):
 @triton.jit
 def _pair_sums(a, b, m):
     """Chunk sums of one (target a, confuser b, mask M) pair: sum min(a,b) M, sum a, sum b,
-    sum share(a, b) M a (for the normalization backward), sum a M (consistency numerator)."""
+    sum a M (consistency numerator)."""
     return (tl.sum(tl.minimum(a, b) * m, axis=0), tl.sum(a, axis=0), tl.sum(b, axis=0),
-            tl.sum(min_share(a, b) * m * a, axis=0), tl.sum(a * m, axis=0))
+            tl.sum(a * m, axis=0))
 
 
 @triton.jit
-def _pair_grads(xt, xc, m, den_t, den_c, mx_t, cnt_t, mx_c, cnt_c, inter, d, sga_t, sga_c,
-                g, g_cons, cons, e, omega, NORMALIZE: tl.constexpr, CONSISTENCY: tl.constexpr):
-    """(dL/dx_t, dL/dx_c, dL/dz of the mask) of g * iou(a, b, M) [+ g_cons * consistency(a, M)]
-    with a = x_t / den_t, b = x_c / den_c, M = sigmoid(z); sga_* = sum_p dL/da_p a_p."""
+def _pair_grads(xt, xc, m, den_t, den_c, inter, d, g, g_cons, cons, e, omega,
+                CONSISTENCY: tl.constexpr):
+    """(dL/da, dL/db, dL/dz of the mask) of g * iou(a, b, M) [+ g_cons * consistency(a, M)]
+    with a = x_t / den_t, b = x_c / den_c, M = sigmoid(z)."""
     a = xt / den_t
     b = xc / den_c
     ga, gb, gm = iou_grads(a, b, m, inter, d)
@@ -80,9 +80,6 @@ def _pair_grads(xt, xc, m, den_t, den_c, mx_t, cnt_t, mx_c, cnt_c, inter, d, sga
         ca, cm = consistency_grads(a, m, cons, e)
         ga += g_cons * ca
         gm += g_cons * cm
-    if NORMALIZE:
-        ga = norm_grad(ga, xt, mx_t, cnt_t, den_t, sga_t)
-        gb = norm_grad(gb, xc, mx_c, cnt_c, den_c, sga_c)
     return ga, gb, gm * omega * m * (1.0 - m)
 
 
@@ -96,7 +93,9 @@ def _sharpen_focus_maps_kernel(
         ONE_TILE: tl.constexpr):
     """One sample's map math. Forward: out_i/out_l/out_c[n] = inner_iou, last_iou, consistency.
     GRAD: dL/dx of the four maps (and with MASK_GRAD dL/dz of M_inner and M_last) for upstream
-    g_i, g_l, g_c. Pass 1: max and tie count of every map; pass 2: sums; pass 3 (GRAD): write."""
+    g_i, g_l, g_c. Pass 1: max and tie count of every map; pass 2: sums; with GRAD and NORMALIZE
+    pass 3: per map, sum of dL/da at its max and of dL/da x below it (for norm_grad); last pass
+    (GRAD): write."""
     n = tl.program_id(0).to(tl.int64)
     oi = tl.arange(0, BLOCK_I)
     ol = tl.arange(0, BLOCK_L)
@@ -142,7 +141,6 @@ def _sharpen_focus_maps_kernel(
     inter_i = 0.0
     sa_i = 0.0
     sb_i = 0.0
-    ia_i = 0.0
     cons = 0.0
     for start in range(0, HWi, BLOCK_I):
         if ONE_TILE:
@@ -150,26 +148,23 @@ def _sharpen_focus_maps_kernel(
         else:
             xt, xc, m, valid = _inner_chunk(it_ptr, ic_ptr, lt_ptr, n, start, oi, HWi, wi, hl,
                                                 wl, scale_h, scale_w, den_m, sigma, omega, RESIZE)
-        s0, s1, s2, s3, s4 = _pair_sums(xt / den_it, xc / den_ic, m)
+        s0, s1, s2, s3 = _pair_sums(xt / den_it, xc / den_ic, m)
         inter_i += s0
         sa_i += s1
         sb_i += s2
-        ia_i += s3
-        cons += s4
+        cons += s3
     inter_l = 0.0
     sa_l = 0.0
     sb_l = 0.0
-    ia_l = 0.0
     for start in range(0, HWl, BLOCK_L):
         if ONE_TILE:
             xt, xc, m = lt_c, lc_c, ml_c
         else:
             xt, xc, m, valid = _last_chunk(lt_ptr, lc_ptr, n, start, ol, HWl, den_m, sigma, omega)
-        s0, s1, s2, s3, s4 = _pair_sums(xt / den_lt, xc / den_lc, m)
+        s0, s1, s2, s3 = _pair_sums(xt / den_lt, xc / den_lc, m)
         inter_l += s0
         sa_l += s1
         sb_l += s2
-        ia_l += s3
     d_i = sa_i + sb_i + eps
     d_l = sa_l + sb_l + eps
     e = sa_i + eps
@@ -181,21 +176,42 @@ def _sharpen_focus_maps_kernel(
         g_i = tl.load(gi_ptr + n)
         g_l = tl.load(gl_ptr + n)
         g_c = tl.load(gc_ptr + n)
-        # sum_p dL/da_p a_p of each normalized map, in closed form from the pass-2 sums
-        sga_it = (g_i * (2.0 * ia_i / d_i - 2.0 * inter_i * sa_i / (d_i * d_i))
-                  + g_c * (cons * sa_i / (e * e) - cons / e))
-        sga_ic = g_i * (2.0 * (inter_i - ia_i) / d_i - 2.0 * inter_i * sb_i / (d_i * d_i))
-        sga_lt = g_l * (2.0 * ia_l / d_l - 2.0 * inter_l * sa_l / (d_l * d_l))
-        sga_lc = g_l * (2.0 * (inter_l - ia_l) / d_l - 2.0 * inter_l * sb_l / (d_l * d_l))
+        gt_it, r_it, gt_ic, r_ic, gt_lt, r_lt, gt_lc, r_lc = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+        if NORMALIZE:
+            for start in range(0, HWi, BLOCK_I):
+                if ONE_TILE:
+                    xt, xc, m, valid = it_c, ic_c, mi_c, vi_c
+                else:
+                    xt, xc, m, valid = _inner_chunk(it_ptr, ic_ptr, lt_ptr, n, start, oi, HWi, wi,
+                                                    hl, wl, scale_h, scale_w, den_m, sigma, omega,
+                                                    RESIZE)
+                dt, dc, gz = _pair_grads(xt, xc, m, den_it, den_ic, inter_i, d_i, g_i, g_c, cons,
+                                         e, omega, True)
+                s0, s1 = tie_sums(dt, xt, valid, mx_it)
+                s2, s3 = tie_sums(dc, xc, valid, mx_ic)
+                gt_it, r_it, gt_ic, r_ic = gt_it + s0, r_it + s1, gt_ic + s2, r_ic + s3
+            for start in range(0, HWl, BLOCK_L):
+                if ONE_TILE:
+                    xt, xc, m, valid = lt_c, lc_c, ml_c, vl_c
+                else:
+                    xt, xc, m, valid = _last_chunk(lt_ptr, lc_ptr, n, start, ol, HWl, den_m,
+                                                   sigma, omega)
+                dt, dc, gz = _pair_grads(xt, xc, m, den_lt, den_lc, inter_l, d_l, g_l, g_c, cons,
+                                         e, omega, False)
+                s0, s1 = tie_sums(dt, xt, valid, mx_lt)
+                s2, s3 = tie_sums(dc, xc, valid, mx_lc)
+                gt_lt, r_lt, gt_lc, r_lc = gt_lt + s0, r_lt + s1, gt_lc + s2, r_lc + s3
         for start in range(0, HWi, BLOCK_I):
             if ONE_TILE:
                 xt, xc, m, valid = it_c, ic_c, mi_c, vi_c
             else:
                 xt, xc, m, valid = _inner_chunk(it_ptr, ic_ptr, lt_ptr, n, start, oi, HWi, wi, hl,
                                                 wl, scale_h, scale_w, den_m, sigma, omega, RESIZE)
-            dt, dc, gz = _pair_grads(xt, xc, m, den_it, den_ic, mx_it, n_it, mx_ic, n_ic,
-                                     inter_i, d_i, sga_it, sga_ic, g_i, g_c, cons, e, omega,
-                                     NORMALIZE, True)
+            dt, dc, gz = _pair_grads(xt, xc, m, den_it, den_ic, inter_i, d_i, g_i, g_c, cons, e,
+                                     omega, True)
+            if NORMALIZE:
+                dt = norm_grad(dt, xt, mx_it, n_it, gt_it, r_it, eps)
+                dc = norm_grad(dc, xc, mx_ic, n_ic, gt_ic, r_ic, eps)
             p = n * HWi + start + oi
             tl.store(dit_ptr + p, dt, mask=valid)
             tl.store(dic_ptr + p, dc, mask=valid)
@@ -207,9 +223,11 @@ def _sharpen_focus_maps_kernel(
             else:
                 xt, xc, m, valid = _last_chunk(lt_ptr, lc_ptr, n, start, ol, HWl, den_m, sigma,
                                                omega)
-            dt, dc, gz = _pair_grads(xt, xc, m, den_lt, den_lc, mx_lt, n_lt, mx_lc, n_lc,
-                                     inter_l, d_l, sga_lt, sga_lc, g_l, g_c, cons, e, omega,
-                                     NORMALIZE, False)
+            dt, dc, gz = _pair_grads(xt, xc, m, den_lt, den_lc, inter_l, d_l, g_l, g_c, cons, e,
+                                     omega, False)
+            if NORMALIZE:
+                dt = norm_grad(dt, xt, mx_lt, n_lt, gt_lt, r_lt, eps)
+                dc = norm_grad(dc, xc, mx_lc, n_lc, gt_lc, r_lc, eps)
             p = n * HWl + start + ol
             tl.store(dlt_ptr + p, dt, mask=valid)
             tl.store(dlc_ptr + p, dc, mask=valid)

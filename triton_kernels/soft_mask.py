@@ -14,7 +14,7 @@ from torch.library import wrap_triton
 
 from ._common import launchable, map_block, register
 from ._maps import (load_map, mask_at, max_count, norm_den, norm_grad, resize_adjoint,
-                    resize_args)
+                    resize_args, tie_fold)
 
 
 @triton.jit
@@ -73,7 +73,8 @@ def _mask_source_grad_kernel(gza_ptr, gzb_ptr, x_ptr, out_ptr, in_h, in_w, out_h
                            scale_h, scale_w, inv_h, inv_w, taps_h, taps_w, RESIZE, HAS_B)
     mx = -float("inf")
     cnt = 0.0
-    sum_dx = 0.0
+    g_tied = 0.0
+    rest = 0.0
     for start in range(0, hw, BLOCK):
         if ONE_TILE:
             x, valid, d = x_c, valid_c, d_c
@@ -81,9 +82,7 @@ def _mask_source_grad_kernel(gza_ptr, gzb_ptr, x_ptr, out_ptr, in_h, in_w, out_h
             x, valid = load_map(x_ptr, n, start, offs, hw)
             d = _source_grad(gza_ptr, gzb_ptr, n, start + offs, valid, in_h, in_w, out_h, out_w,
                              scale_h, scale_w, inv_h, inv_w, taps_h, taps_w, RESIZE, HAS_B)
-        mx, cnt = max_count(x, valid, mx, cnt)
-        sum_dx += tl.sum(d * x, axis=0)
-    den = norm_den(mx, eps)
+        mx, cnt, g_tied, rest = tie_fold(d, x, valid, mx, cnt, g_tied, rest)
     for start in range(0, hw, BLOCK):
         if ONE_TILE:
             x, valid, d = x_c, valid_c, d_c
@@ -91,7 +90,7 @@ def _mask_source_grad_kernel(gza_ptr, gzb_ptr, x_ptr, out_ptr, in_h, in_w, out_h
             x, valid = load_map(x_ptr, n, start, offs, hw)
             d = _source_grad(gza_ptr, gzb_ptr, n, start + offs, valid, in_h, in_w, out_h, out_w,
                              scale_h, scale_w, inv_h, inv_w, taps_h, taps_w, RESIZE, HAS_B)
-        r = norm_grad(d, x, mx, cnt, den, sum_dx / den)
+        r = norm_grad(d, x, mx, cnt, g_tied, rest, eps)
         if ACCUMULATE:
             r += tl.load(out_ptr + n * hw + start + offs, mask=valid, other=0.0)
         tl.store(out_ptr + n * hw + start + offs, r, mask=valid)
