@@ -3,7 +3,7 @@
 # warnings as errors and `-Xptxas -v`, and prints one line per kernel: registers, spills,
 # shared memory. Exits non-zero on any compile error or warning.
 #   .ci/nvcc_check.sh            all files, both architectures
-#   ARCHS="90" .ci/nvcc_check.sh file.cu ...
+#   ARCHS="90" STD=-std=c++20 JOBS=8 .ci/nvcc_check.sh file.cu ...
 set -uo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-nvcc}
@@ -22,14 +22,14 @@ for a in $ARCHS; do gencode+=(-gencode "arch=compute_${a},code=sm_${a}"); done
 compile() {  # file -> $out/<name>.log, exit status in $out/<name>.rc
   local f=$1 name
   name=$(basename "$f" .cu)
-  "$NVCC" -std=c++17 -O3 -lineinfo -DATTNFAST_WITH_CUDA -Icsrc "${gencode[@]}" \
+  # the flags of the extension build (attnfast/_sources.py + torch's COMMON_NVCC_FLAGS)
+  "$NVCC" ${STD:--std=c++17} -O3 -lineinfo -DATTNFAST_WITH_CUDA -Icsrc "${gencode[@]}" \
+    -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
+    -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr \
     -Xptxas -v -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
     -c "$f" -o "$out/$name.o" >"$out/$name.log" 2>&1
   echo $? >"$out/$name.rc"
 }
-export -f compile
-export NVCC out
-export gencode_str="${gencode[*]}"
 
 start=$(date +%s)
 running=0
