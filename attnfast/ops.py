@@ -79,7 +79,8 @@ def _ns(t):
 # ------------------------------------------------------------------ layout for the kernels
 def _big(t):
     """Big N x K x H x W tensors go to the kernels in place when the H x W pixels share one stride
-    (contiguous NCHW, channels_last, broadcast views); anything else is copied to contiguous."""
+    (contiguous NCHW, channels_last, broadcast views); anything else is copied to contiguous.
+    (The C++ CPU kernels still copy a G whose layout differs from F's into F's layout.)"""
     h, w = t.shape[-2:]
     if h == 1 or w == 1 or t.stride(2) == w * t.stride(3):
         return t
