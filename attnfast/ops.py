@@ -21,6 +21,10 @@ from ._schema import KIND_CODES
 from .backend import BACKENDS, namespace, resolve
 from .reference import EPS
 
+__all__ = ["SharpenFocusOutput", "attention_consistency", "channel_attention",
+           "channel_spatial_attention", "channel_weights", "ggam_loss", "normalize_attention",
+           "pixel_attention", "sharpen_focus_loss", "soft_iou", "soft_mask", "weighted_attention"]
+
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -118,7 +122,8 @@ def pixel_attention(features, grads):
 
 
 def normalize_attention(attn, eps=EPS):
-    """A[n] / (max(max_ij A[n], 0) + eps): per-sample max-normalization (all-zero stays zero)."""
+    """A[n] / (max(max_ij A[n], 0) + eps): per-sample max-normalization; an all-zero map stays
+    zero (docs/SPEC.md decisions 7, 12)."""
     _tensor(attn, "attn", (3,))
     _positive(eps, "eps")
     return _ns(attn).normalize_attention(small(attn, acc_dtype(attn)), float(eps))
@@ -197,7 +202,8 @@ def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
                + L_ac(A_inner_t, M_inner)
 
     with A the maps of kind ``attention`` ("pixel" Eq. 5, "channel" Eq. 3-4, "gradcam"),
-    max-normalized first when ``normalize``; the masks are detached unless ``mask_grad``.
+    max-normalized first when ``normalize``; the masks are detached unless ``mask_grad``
+    (docs/SPEC.md decisions 1-4 and 10).
     A layer's grads may be N x K (a gradient equal at every pixel, e.g. W[c] / (H W) of a GAP +
     linear head): no N x K x H x W gradient is then built for it. Returns the reduced ``loss``
     and the per-sample parts (float32).
@@ -242,7 +248,8 @@ def channel_spatial_attention(features, channel_weights, eps=EPS):
 
 def ggam_loss(channel_weights, gradcam_weights, eps=EPS):
     """0.5 (KL(p||q) + KL(q||p)) per sample -- GGAM Eq. 5, p = S (``channel_weights``),
-    q = sigmoid(beta) / sum_k sigmoid(beta) (``gradcam_weights`` beta), both clamped at eps."""
+    q = sigmoid(beta) / sum_k sigmoid(beta) (``gradcam_weights`` beta), both clamped at eps
+    (docs/SPEC.md decisions 5, 11)."""
     _tensor(channel_weights, "channel_weights", (2,))
     _tensor(gradcam_weights, "gradcam_weights", (2,))
     _same(channel_weights, "channel_weights", gradcam_weights, "gradcam_weights", dtype=False)
