@@ -75,6 +75,16 @@ def _mask_options(sigma, omega, eps):
     _positive(eps, "eps")
 
 
+def _features_and_weights(features, weights, name, dims):
+    """4-D ``features`` and its per-channel ``weights`` (``dims`` = "N x K"), same device."""
+    _tensor(features, "features", (4,))
+    _tensor(weights, name, (2,))
+    _same(features, "features", weights, name, shape=False, dtype=False)
+    if weights.shape != features.shape[:2]:
+        raise ValueError(f"{name} must be {dims} = {tuple(features.shape[:2])}, "
+                         f"got {tuple(weights.shape)}")
+
+
 def _ns(t):
     """Kernel namespace of the backend chosen for tensors like ``t``."""
     name = resolve(t.device)
@@ -93,12 +103,7 @@ def channel_weights(grads, positive=True):
 
 def weighted_attention(features, weights):
     """A[n,i,j] = ReLU(sum_k w[n,k] F[n,k,i,j]) (CAM form); float32 map."""
-    _tensor(features, "features", (4,))
-    _tensor(weights, "weights", (2,))
-    _same(features, "features", weights, "weights", shape=False, dtype=False)
-    if weights.shape != features.shape[:2]:
-        raise ValueError(f"weights must be N x K = {tuple(features.shape[:2])}, "
-                         f"got {tuple(weights.shape)}")
+    _features_and_weights(features, weights, "weights", "N x K")
     return _ns(features).weighted_attention(big(features), small(weights, acc_dtype(features)))
 
 
@@ -234,12 +239,7 @@ def channel_spatial_attention(features, channel_weights, eps=EPS):
     ``features`` A is N x C x H x W, ``channel_weights`` S is N x C. Returns (D in the input
     dtype and layout, T: float32 map).
     """
-    _tensor(features, "features", (4,))
-    _tensor(channel_weights, "channel_weights", (2,))
-    _same(features, "features", channel_weights, "channel_weights", shape=False, dtype=False)
-    if channel_weights.shape != features.shape[:2]:
-        raise ValueError(f"channel_weights must be N x C = {tuple(features.shape[:2])}, "
-                         f"got {tuple(channel_weights.shape)}")
+    _features_and_weights(features, channel_weights, "channel_weights", "N x C")
     _positive(eps, "eps")
     d, t = _ns(features).channel_spatial_attention(
         big(features), small(channel_weights, acc_dtype(features)), float(eps))

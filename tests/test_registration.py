@@ -169,7 +169,7 @@ def _step(f, g, gc, fl, wl, wc, s, beta):
 
 def test_compile_fullgraph_matches_eager():
     require("cpu")
-    torch._dynamo.reset()
+    torch.compiler.reset()
     xs = [torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6),
           torch.randn(2, 4, 3, 3), torch.randn(2, 4), torch.randn(2, 4),
           torch.rand(2, 4), torch.randn(2, 4)]
