@@ -215,3 +215,10 @@ def test_backend_api():
     with attnfast.use_backend("torch"):
         assert attnfast.get_backend() == "torch"
     assert attnfast.get_backend() == "auto"
+
+
+def test_auto_picks_the_compiled_backend():
+    """"auto" means the C++ CPU kernels for CPU tensors here (CUDA, then Triton, on a GPU)."""
+    from attnfast.backend import resolve
+    require(BACKENDS[0])
+    assert resolve(torch.device(DEVICE)) == BACKENDS[0]
