@@ -4,19 +4,15 @@ Every op has an eager reference (``attnfast.reference``), C++ CPU, CUDA C++ and 
 with hand-written backward, registered as torch custom ops; ``set_backend`` / ``use_backend``
 choose among them (``"auto"`` by default).
 """
+from . import ops
 from .backend import available_backends, get_backend, set_backend, use_backend
-from .ops import (SharpenFocusOutput, attention_consistency, channel_attention,
-                  channel_spatial_attention, channel_weights, ggam_loss, normalize_attention,
-                  pixel_attention, sharpen_focus_loss, soft_iou, soft_mask, weighted_attention)
+from .ops import *  # noqa: F401,F403  the public ops, ops.__all__
 from .wrappers import GGAM, SharpenFocus
 from . import models  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "available_backends", "get_backend", "set_backend", "use_backend",
-    "SharpenFocusOutput", "attention_consistency", "channel_attention",
-    "channel_spatial_attention", "channel_weights", "ggam_loss", "normalize_attention",
-    "pixel_attention", "sharpen_focus_loss", "soft_iou", "soft_mask", "weighted_attention",
+    "available_backends", "get_backend", "set_backend", "use_backend", *ops.__all__,
     "SharpenFocus", "GGAM", "models",
 ]

@@ -1,17 +1,28 @@
-"""The kernel interface every compiled backend implements: one name per op, everywhere.
+"""The kernel interface every backend implements: one record per op, one name everywhere.
 
-The C++ extension defines these schemas in namespace ``attnfast`` (CPU kernels, and CUDA kernels
-when built with CUDA); the Triton backend defines the same names and signatures in namespace
-``attnfast_triton`` through ``torch.library.triton_op``. ``tests/test_registration.py`` checks that
-both match this table. ``attnfast.ops`` validates every argument *before* calling a kernel, so
-kernels may assume:
+Each ``Op`` below states an op's forward arguments, its outputs, which outputs its backward takes
+again (``saved``) and its fake kernel (empty outputs of the right shape, dtype and device, for
+``torch.compile`` tracing). The schemas of ``<op>`` and ``<op>_backward`` are derived from it:
+
+    <op>(*inputs) -> (*outputs)
+    <op>_backward(*grads of the outputs, *tensor inputs, *saved outputs, *non-tensor inputs)
+        -> (one gradient per tensor input, in order)
+
+with ``grad`` the incoming gradient of a single output, ``grad_<output>`` of one of several.
+``SCHEMAS`` (op name -> schema text) lists both. The C++ extension defines these schemas in
+namespace ``attnfast`` (CPU kernels, and CUDA kernels when built with CUDA); the Triton backend
+defines the same names and signatures in ``attnfast_triton`` through ``torch.library.triton_op``;
+the eager ``torch`` backend (``attnfast._eager``) has the same signatures over
+``attnfast.reference``. ``tests/test_registration.py`` checks all three against this table.
+
+``attnfast.ops`` validates every argument *before* calling a kernel, so kernels may assume:
 
 * features/grads (``F``, ``G``) are 4-D N x K x H x W (``G`` may be 2-D N x K in
   ``sharpen_focus_loss``: a gradient that is the same at every pixel), same dtype and device,
-  dtype in {float16, bfloat16, float32} (+ float64 on CPU); N may be 0.
+  dtype in {float16, bfloat16, float32} (+ float64 on the backends that accept it); N may be 0.
 * big tensors arrive with strides such that the pixel index p = i * W + j has one stride
   (``stride(2) == W * stride(3)``): contiguous NCHW and channels_last both qualify and must be
-  read in place; ``ops`` copies anything else to contiguous first.
+  read in place; ``ops`` copies anything else to contiguous first (``attnfast._layout``).
 * everything small -- maps (N x H x W), per-channel weights (N x K: ``weights``,
   ``channel_weights``, ``gradcam_weights``, 2-D ``grads``), per-sample values (N) and every
   incoming ``grad`` of a small output -- is contiguous and already in the accumulation dtype:
@@ -21,49 +32,107 @@ kernels may assume:
 Kernels compute in float32 (float64 for float64), return maps/losses in that dtype and input
 gradients in the dtype of the input (big-tensor gradients in the input's memory layout), and use
 64-bit index arithmetic. ``kind``: 0 = pixel, 1 = channel (positive weights), 2 = gradcam.
-Every ``*_backward`` returns the gradient of each tensor input of its forward, in order.
-The math of every op is ``attnfast.reference``.
+The math of every op is ``attnfast.reference`` (docs/SPEC.md).
 """
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
 
 KIND_CODES = {"pixel": 0, "channel": 1, "gradcam": 2}
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of the kernel interface (see the module docstring for the derived schemas)."""
+    name: str
+    inputs: str                    # forward arguments "Type name, ...", tensors first
+    outputs: tuple                 # names of the forward's outputs (all Tensors)
+    fake: Callable                 # forward arguments -> empty output(s)
+    saved: tuple = ()              # outputs the backward takes after the tensor inputs
+
+    @property
+    def arguments(self) -> list:
+        """(type, name) of each forward argument."""
+        return [tuple(a.split()) for a in self.inputs.split(", ")]
+
+    @property
+    def tensor_inputs(self) -> list:
+        return [n for t, n in self.arguments if t == "Tensor"]
+
+    @property
+    def saved_index(self) -> tuple:
+        """Positions of the ``saved`` outputs among the outputs."""
+        return tuple(self.outputs.index(s) for s in self.saved)
+
+    @property
+    def grad_names(self) -> list:
+        return ["grad"] if len(self.outputs) == 1 else [f"grad_{o}" for o in self.outputs]
+
+    @property
+    def schema(self) -> str:
+        return f"({self.inputs}) -> {_returns(len(self.outputs))}"
+
+    @property
+    def backward_schema(self) -> str:
+        tensors = [f"Tensor {n}" for n in self.grad_names + self.tensor_inputs + list(self.saved)]
+        options = [f"{t} {n}" for t, n in self.arguments if t != "Tensor"]
+        return f"({', '.join(tensors + options)}) -> {_returns(len(self.tensor_inputs))}"
+
+
+def _returns(n: int) -> str:
+    return "Tensor" if n == 1 else f"({', '.join(['Tensor'] * n)})"
+
+
+# --------------------------------------------------------------------------- fake outputs
+def _acc(t):
+    """Accumulation dtype of a big input: float64 for float64, else float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _map_like(t):
+    return t.new_empty((t.shape[0], *t.shape[2:]), dtype=_acc(t))
+
+
+def _per_sample(t):
+    return t.new_empty(t.shape[:1], dtype=_acc(t))
+
 
 _SF_IN = ("Tensor inner_features, Tensor inner_grads_target, Tensor inner_grads_confuser, "
           "Tensor last_features, Tensor last_grads_target, Tensor last_grads_confuser, "
           "int kind, float sigma, float omega, float alpha, bool normalize, bool mask_grad, "
           "float eps")
 
-SCHEMAS = {
-    "channel_weights": "(Tensor grads, bool positive) -> Tensor",
-    "channel_weights_backward": "(Tensor grad, Tensor grads, bool positive) -> Tensor",
-    "weighted_attention": "(Tensor features, Tensor weights) -> Tensor",
-    "weighted_attention_backward":
-        "(Tensor grad, Tensor features, Tensor weights, Tensor attn) -> (Tensor, Tensor)",
-    "pixel_attention": "(Tensor features, Tensor grads) -> Tensor",
-    "pixel_attention_backward":
-        "(Tensor grad, Tensor features, Tensor grads, Tensor attn) -> (Tensor, Tensor)",
-    "normalize_attention": "(Tensor attn, float eps) -> Tensor",
-    "normalize_attention_backward": "(Tensor grad, Tensor attn, float eps) -> Tensor",
-    "soft_mask": "(Tensor attn, float sigma, float omega, int out_h, int out_w, float eps) -> Tensor",
-    "soft_mask_backward": "(Tensor grad, Tensor attn, float sigma, float omega, int out_h, "
-                          "int out_w, float eps) -> Tensor",
-    "soft_iou": "(Tensor attn_a, Tensor attn_b, Tensor mask, float eps) -> Tensor",
-    "soft_iou_backward": "(Tensor grad, Tensor attn_a, Tensor attn_b, Tensor mask, float eps) "
-                         "-> (Tensor, Tensor, Tensor)",
-    "attention_consistency": "(Tensor attn, Tensor mask, float alpha, float eps) -> Tensor",
-    "attention_consistency_backward":
-        "(Tensor grad, Tensor attn, Tensor mask, float alpha, float eps) -> (Tensor, Tensor)",
-    "sharpen_focus_loss": f"({_SF_IN}) -> (Tensor, Tensor, Tensor)",
-    "sharpen_focus_loss_backward":
-        f"(Tensor grad_inner_iou, Tensor grad_last_iou, Tensor grad_consistency, {_SF_IN}) "
-        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
-    "channel_spatial_attention":
-        "(Tensor features, Tensor channel_weights, float eps) -> (Tensor, Tensor)",
-    "channel_spatial_attention_backward":
-        "(Tensor grad_out, Tensor grad_spatial, Tensor features, Tensor channel_weights, "
-        "Tensor spatial, float eps) -> (Tensor, Tensor)",
-    "ggam_loss": "(Tensor channel_weights, Tensor gradcam_weights, float eps) -> Tensor",
-    "ggam_loss_backward":
-        "(Tensor grad, Tensor channel_weights, Tensor gradcam_weights, float eps) -> (Tensor, Tensor)",
-}
+OPS = {op.name: op for op in (
+    Op("channel_weights", "Tensor grads, bool positive", ("weights",),
+       fake=lambda g, positive: g.new_empty(g.shape[:2], dtype=_acc(g))),
+    Op("weighted_attention", "Tensor features, Tensor weights", ("attn",),
+       fake=lambda f, w: _map_like(f), saved=("attn",)),
+    Op("pixel_attention", "Tensor features, Tensor grads", ("attn",),
+       fake=lambda f, g: _map_like(f), saved=("attn",)),
+    Op("normalize_attention", "Tensor attn, float eps", ("normalized",),
+       fake=lambda a, eps: torch.empty_like(a)),
+    Op("soft_mask", "Tensor attn, float sigma, float omega, int out_h, int out_w, float eps",
+       ("mask",), fake=lambda a, sigma, omega, h, w, eps: a.new_empty((a.shape[0], h, w))),
+    Op("soft_iou", "Tensor attn_a, Tensor attn_b, Tensor mask, float eps", ("iou",),
+       fake=lambda a, b, m, eps: _per_sample(a)),
+    Op("attention_consistency", "Tensor attn, Tensor mask, float alpha, float eps",
+       ("consistency",), fake=lambda a, m, alpha, eps: _per_sample(a)),
+    Op("sharpen_focus_loss", _SF_IN, ("inner_iou", "last_iou", "consistency"),
+       fake=lambda f, *rest: tuple(_per_sample(f) for _ in range(3))),
+    Op("channel_spatial_attention", "Tensor features, Tensor channel_weights, float eps",
+       ("out", "spatial"), fake=lambda f, s, eps: (torch.empty_like(f), _map_like(f)),
+       saved=("spatial",)),
+    Op("ggam_loss", "Tensor channel_weights, Tensor gradcam_weights, float eps", ("loss",),
+       fake=lambda s, beta, eps: _per_sample(s)),
+)}
 
-FORWARD_OPS = tuple(name for name in SCHEMAS if not name.endswith("_backward"))
+FORWARD_OPS = tuple(OPS)
+
+SCHEMAS = {}
+for _op in OPS.values():
+    SCHEMAS[_op.name] = _op.schema
+    SCHEMAS[f"{_op.name}_backward"] = _op.backward_schema
+del _op

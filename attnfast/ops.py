@@ -1,9 +1,12 @@
-"""The public ops: argument checks, backend choice, and the glue to the compiled kernels.
+"""The public ops: argument checks, backend choice, and the call into the chosen backend.
 
-Each public function validates its inputs, picks the backend (``attnfast.backend``) and calls
-either the eager reference (``attnfast.reference``) or ``torch.ops.<ns>.<op>`` of the C++/CUDA
-(``attnfast``) or Triton (``attnfast_triton``) kernels. Autograd and fake (meta) kernels of the
-compiled ops are registered in ``attnfast._register``.
+Each public function validates its inputs (a ``ValueError``/``TypeError`` naming the argument),
+picks the backend (``attnfast.backend``), hands the tensors over as the kernel interface says
+(``attnfast._schema``, ``attnfast._layout``) and calls ``ns.<op>(...)`` of that backend: the
+C++/CUDA kernels (``torch.ops.attnfast``), the Triton kernels (``torch.ops.attnfast_triton``) or
+the eager reference behind the same signatures (``attnfast._eager``). Autograd and fake (meta)
+kernels of the compiled ops are registered in ``attnfast._register``; the eager backend is plain
+autograd. The math is ``attnfast.reference`` and docs/SPEC.md.
 """
 from __future__ import annotations
 
@@ -13,9 +16,14 @@ from typing import NamedTuple
 import torch
 
 from . import reference
+from ._layout import acc_dtype, big, small
 from ._schema import KIND_CODES
-from .backend import namespace, resolve
-from .reference import EPS, acc_dtype
+from .backend import BACKENDS, namespace, resolve
+from .reference import EPS
+
+__all__ = ["SharpenFocusOutput", "attention_consistency", "channel_attention",
+           "channel_spatial_attention", "channel_weights", "ggam_loss", "normalize_attention",
+           "pixel_attention", "sharpen_focus_loss", "soft_iou", "soft_mask", "weighted_attention"]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -67,53 +75,36 @@ def _mask_options(sigma, omega, eps):
     _positive(eps, "eps")
 
 
+def _features_and_weights(features, weights, name, dims):
+    """4-D ``features`` and its per-channel ``weights`` (``dims`` = "N x K"), same device."""
+    _tensor(features, "features", (4,))
+    _tensor(weights, name, (2,))
+    _same(features, "features", weights, name, shape=False, dtype=False)
+    if weights.shape != features.shape[:2]:
+        raise ValueError(f"{name} must be {dims} = {tuple(features.shape[:2])}, "
+                         f"got {tuple(weights.shape)}")
+
+
 def _ns(t):
-    """Kernel namespace for tensors like ``t`` (None: the eager reference)."""
+    """Kernel namespace of the backend chosen for tensors like ``t``."""
     name = resolve(t.device)
-    if t.dtype == torch.float64 and name not in ("torch", "cpu"):
-        raise TypeError(f"float64 is accepted on the 'torch' and 'cpu' backends only, not on "
-                        f"{name!r}")
+    if t.dtype == torch.float64 and not BACKENDS[name].float64:
+        takes = " and ".join(repr(b.name) for b in BACKENDS.values() if b.float64)
+        raise TypeError(f"float64 is accepted on the {takes} backends only, not on {name!r}")
     return namespace(name)
-
-
-# ------------------------------------------------------------------ layout for the kernels
-def _big(t):
-    """Big N x K x H x W tensors go to the kernels in place when the H x W pixels share one stride
-    (contiguous NCHW, channels_last, broadcast views); anything else is copied to contiguous.
-    (The C++ CPU kernels still copy a G whose layout differs from F's into F's layout.)"""
-    h, w = t.shape[-2:]
-    if h == 1 or w == 1 or t.stride(2) == w * t.stride(3):
-        return t
-    return t.contiguous()
-
-
-def _small(t, dt):
-    """Maps, weights, per-sample values: contiguous, in the accumulation dtype."""
-    return t.to(dt).contiguous()
 
 
 # ------------------------------------------------------------------------------- the ops
 def channel_weights(grads, positive=True):
     """w[n,k] = mean_ij ReLU(G[n,k,i,j]) (positive) or mean_ij G[n,k,i,j] (Grad-CAM); N x K."""
     _tensor(grads, "grads", (4,))
-    ns = _ns(grads)
-    if ns is None:
-        return reference.channel_weights(grads, positive)
-    return ns.channel_weights(_big(grads), bool(positive))
+    return _ns(grads).channel_weights(big(grads), bool(positive))
 
 
 def weighted_attention(features, weights):
     """A[n,i,j] = ReLU(sum_k w[n,k] F[n,k,i,j]) (CAM form); float32 map."""
-    _tensor(features, "features", (4,))
-    _tensor(weights, "weights", (2,))
-    _same(features, "features", weights, "weights", shape=False, dtype=False)
-    if weights.shape != features.shape[:2]:
-        raise ValueError(f"weights must be N x K = {tuple(features.shape[:2])}, "
-                         f"got {tuple(weights.shape)}")
-    ns = _ns(features)
-    if ns is None:
-        return reference.weighted_attention(features, weights)
-    return ns.weighted_attention(_big(features), _small(weights, acc_dtype(features)))
+    _features_and_weights(features, weights, "weights", "N x K")
+    return _ns(features).weighted_attention(big(features), small(weights, acc_dtype(features)))
 
 
 def channel_attention(features, grads, positive=True):
@@ -132,20 +123,15 @@ def _pair(features, grads):
 def pixel_attention(features, grads):
     """A_px[n,i,j] = ReLU((1/K) sum_k G[n,k,i,j] F[n,k,i,j]) -- Sharpen Focus Eq. 5."""
     _pair(features, grads)
-    ns = _ns(features)
-    if ns is None:
-        return reference.pixel_attention(features, grads)
-    return ns.pixel_attention(_big(features), _big(grads))
+    return _ns(features).pixel_attention(big(features), big(grads))
 
 
 def normalize_attention(attn, eps=EPS):
-    """A[n] / (max(max_ij A[n], 0) + eps): per-sample max-normalization (all-zero stays zero)."""
+    """A[n] / (max(max_ij A[n], 0) + eps): per-sample max-normalization; an all-zero map stays
+    zero (docs/SPEC.md decisions 7, 12)."""
     _tensor(attn, "attn", (3,))
     _positive(eps, "eps")
-    ns = _ns(attn)
-    if ns is None:
-        return reference.normalize_attention(attn, eps)
-    return ns.normalize_attention(_small(attn, acc_dtype(attn)), float(eps))
+    return _ns(attn).normalize_attention(small(attn, acc_dtype(attn)), float(eps))
 
 
 def soft_mask(attn_last, sigma=0.55, omega=100.0, size=None, eps=EPS):
@@ -154,11 +140,8 @@ def soft_mask(attn_last, sigma=0.55, omega=100.0, size=None, eps=EPS):
     _tensor(attn_last, "attn_last", (3,))
     _mask_options(sigma, omega, eps)
     out_h, out_w = attn_last.shape[-2:] if size is None else _size(size)
-    ns = _ns(attn_last)
-    if ns is None:
-        return reference.soft_mask(attn_last, sigma, omega, (out_h, out_w), eps)
-    return ns.soft_mask(_small(attn_last, acc_dtype(attn_last)), float(sigma), float(omega),
-                        out_h, out_w, float(eps))
+    return _ns(attn_last).soft_mask(small(attn_last, acc_dtype(attn_last)), float(sigma),
+                                    float(omega), out_h, out_w, float(eps))
 
 
 def _size(size):
@@ -187,22 +170,16 @@ def soft_iou(attn_a, attn_b, mask=None, eps=EPS):
     (M = 1 without a mask)."""
     dt = _maps(("attn_a", attn_a), ("attn_b", attn_b), ("mask", mask))
     _positive(eps, "eps")
-    ns = _ns(attn_a)
-    if ns is None:
-        return reference.soft_iou(attn_a, attn_b, mask, eps)
-    m = torch.ones_like(attn_a, dtype=dt) if mask is None else _small(mask, dt)
-    return ns.soft_iou(_small(attn_a, dt), _small(attn_b, dt), m, float(eps))
+    m = torch.ones_like(attn_a, dtype=dt) if mask is None else small(mask, dt)
+    return _ns(attn_a).soft_iou(small(attn_a, dt), small(attn_b, dt), m, float(eps))
 
 
 def attention_consistency(attn_inner, mask, alpha=1.0, eps=EPS):
     """L_ac = alpha - sum_ij A M / (sum_ij A + eps) per sample -- Sharpen Focus Eq. 8."""
     dt = _maps(("attn_inner", attn_inner), ("mask", mask))
     _positive(eps, "eps")
-    ns = _ns(attn_inner)
-    if ns is None:
-        return reference.attention_consistency(attn_inner, mask, alpha, eps)
-    return ns.attention_consistency(_small(attn_inner, dt), _small(mask, dt), float(alpha),
-                                    float(eps))
+    return _ns(attn_inner).attention_consistency(small(attn_inner, dt), small(mask, dt),
+                                                 float(alpha), float(eps))
 
 
 def _layer(prefix, features, g_target, g_confuser):
@@ -230,7 +207,8 @@ def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
                + L_ac(A_inner_t, M_inner)
 
     with A the maps of kind ``attention`` ("pixel" Eq. 5, "channel" Eq. 3-4, "gradcam"),
-    max-normalized first when ``normalize``; the masks are detached unless ``mask_grad``.
+    max-normalized first when ``normalize``; the masks are detached unless ``mask_grad``
+    (docs/SPEC.md decisions 1-4 and 10).
     A layer's grads may be N x K (a gradient equal at every pixel, e.g. W[c] / (H W) of a GAP +
     linear head): no N x K x H x W gradient is then built for it. Returns the reduced ``loss``
     and the per-sample parts (float32).
@@ -248,16 +226,10 @@ def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
                          f"N = {last_features.shape[0]}")
     tensors = (inner_features, inner_grads_target, inner_grads_confuser,
                last_features, last_grads_target, last_grads_confuser)
-    options = dict(sigma=float(sigma), omega=float(omega), alpha=float(alpha),
-                   normalize=bool(normalize), mask_grad=bool(mask_grad), eps=float(eps))
-    ns = _ns(inner_features)
-    if ns is None:
-        parts = reference.sharpen_focus_parts(*tensors, attention=attention, **options)
-    else:
-        dt = acc_dtype(inner_features)
-        args = [_big(t) if t.dim() == 4 else _small(t, dt) for t in tensors]
-        parts = ns.sharpen_focus_loss(*args, KIND_CODES[attention], *options.values())
-    inner, last, cons = parts
+    dt = acc_dtype(inner_features)
+    inner, last, cons = _ns(inner_features).sharpen_focus_loss(
+        *(big(t) if t.dim() == 4 else small(t, dt) for t in tensors), KIND_CODES[attention],
+        float(sigma), float(omega), float(alpha), bool(normalize), bool(mask_grad), float(eps))
     return SharpenFocusOutput(reference.reduce(inner + last + cons, reduction), inner, last, cons)
 
 
@@ -267,30 +239,21 @@ def channel_spatial_attention(features, channel_weights, eps=EPS):
     ``features`` A is N x C x H x W, ``channel_weights`` S is N x C. Returns (D in the input
     dtype and layout, T: float32 map).
     """
-    _tensor(features, "features", (4,))
-    _tensor(channel_weights, "channel_weights", (2,))
-    _same(features, "features", channel_weights, "channel_weights", shape=False, dtype=False)
-    if channel_weights.shape != features.shape[:2]:
-        raise ValueError(f"channel_weights must be N x C = {tuple(features.shape[:2])}, "
-                         f"got {tuple(channel_weights.shape)}")
+    _features_and_weights(features, channel_weights, "channel_weights", "N x C")
     _positive(eps, "eps")
-    ns = _ns(features)
-    if ns is None:
-        return reference.channel_spatial_attention(features, channel_weights, eps)
-    d, t = ns.channel_spatial_attention(_big(features),
-                                        _small(channel_weights, acc_dtype(features)), float(eps))
+    d, t = _ns(features).channel_spatial_attention(
+        big(features), small(channel_weights, acc_dtype(features)), float(eps))
     return d, t
 
 
 def ggam_loss(channel_weights, gradcam_weights, eps=EPS):
     """0.5 (KL(p||q) + KL(q||p)) per sample -- GGAM Eq. 5, p = S (``channel_weights``),
-    q = sigmoid(beta) / sum_k sigmoid(beta) (``gradcam_weights`` beta), both clamped at eps."""
+    q = sigmoid(beta) / sum_k sigmoid(beta) (``gradcam_weights`` beta), both clamped at eps
+    (docs/SPEC.md decisions 5, 11)."""
     _tensor(channel_weights, "channel_weights", (2,))
     _tensor(gradcam_weights, "gradcam_weights", (2,))
     _same(channel_weights, "channel_weights", gradcam_weights, "gradcam_weights", dtype=False)
     _positive(eps, "eps")
-    ns = _ns(channel_weights)
-    if ns is None:
-        return reference.ggam_loss(channel_weights, gradcam_weights, eps)
     dt = acc_dtype(channel_weights, gradcam_weights)
-    return ns.ggam_loss(_small(channel_weights, dt), _small(gradcam_weights, dt), float(eps))
+    return _ns(channel_weights).ggam_loss(small(channel_weights, dt), small(gradcam_weights, dt),
+                                          float(eps))

@@ -4,10 +4,10 @@ Every function here is plain differentiable PyTorch; autograd of it *is* the ref
 that the C++ CPU, CUDA and Triton backends reproduce by hand. Accumulation is float32 (float64 for
 float64 inputs), maps and losses come back in that accumulation dtype.
 
-Notation (SPEC.md): F, G are N x K x H x W; a map is N x H x W; p runs over the H*W pixels.
-Subgradient rules (SPEC decision 6), all inherited from the autograd of the ops used here:
-ReLU'(0) = 0 (``torch.relu``), ties of min(a, b) split 1/2-1/2 (``torch.minimum``), ties at a
-map's max split evenly (``torch.amax``), clamp passes the gradient where x >= bound
+Notation (docs/SPEC.md): F, G are N x K x H x W; a map is N x H x W; p runs over the H*W pixels.
+Subgradient rules (docs/SPEC.md decisions 6 and 11), all inherited from the autograd of the ops
+used here: ReLU'(0) = 0 (``torch.relu``), ties of min(a, b) split 1/2-1/2 (``torch.minimum``),
+ties at a map's max split evenly (``torch.amax``), clamp passes the gradient where x >= bound
 (``torch.clamp_min``).
 """
 from __future__ import annotations
@@ -57,8 +57,9 @@ def pixel_attention(features, grads):
 def normalize_attention(attn, eps=EPS):
     """A[n] / (max(max_p A[n], 0) + eps).
 
-    The max is clamped at 0 so that a map with no positive value cannot divide by ~0 (SPEC
-    decision 7); attention maps are non-negative, for them this is exactly A / (max A + eps).
+    The max is clamped at 0 so that a map with no positive value cannot divide by ~0
+    (docs/SPEC.md decision 12; an all-zero map stays zero, decision 7); attention maps are
+    non-negative, for them this is exactly A / (max A + eps).
     """
     (a,) = _acc(attn)
     m = torch.clamp_min(torch.amax(a, dim=(1, 2), keepdim=True), 0.0)
@@ -114,9 +115,10 @@ def sharpen_focus_parts(inner_features, inner_grads_target, inner_grads_confuser
                         normalize=True, mask_grad=False, eps=EPS):
     """Per-sample (inner_iou, last_iou, consistency) of Sharpen Focus Eq. 9.
 
-    M_last = soft_mask(A_last_t), M_inner = soft_mask(A_last_t, size=inner size) (SPEC decisions
-    1 and 4), detached unless ``mask_grad``; the four maps are max-normalized first when
-    ``normalize`` (decision 3) and L_ac is taken on the same inner target map the soft-IoU sees.
+    M_last = soft_mask(A_last_t), M_inner = soft_mask(A_last_t, size=inner size) (docs/SPEC.md
+    decisions 1 and 4), detached unless ``mask_grad`` (decision 2); the four maps are
+    max-normalized first when ``normalize`` (decision 3) and L_ac is taken on the same inner
+    target map the soft-IoU sees (decision 10).
     """
     a_it = layer_attention(inner_features, inner_grads_target, attention)
     a_ic = layer_attention(inner_features, inner_grads_confuser, attention)

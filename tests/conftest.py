@@ -37,10 +37,8 @@ def require(backend):
     """Skip (saying why) or, when the backend is in ATTNFAST_REQUIRE, fail if it is missing."""
     if backend in attnfast.available_backends():
         return
-    from attnfast import _build, backend as be
-    why = {"cpu": _build.error(), "cuda": _build.error() or "no CUDA kernels in this build",
-           "triton": be._triton.get("error", "")}.get(backend, "")
-    msg = f"backend {backend!r} not available here: {why}"
+    from attnfast.backend import BACKENDS
+    msg = f"backend {backend!r} not available here: {BACKENDS[backend].error()}"
     if backend in REQUIRED:
         pytest.fail(msg)
     pytest.skip(msg)

@@ -62,3 +62,43 @@ def test_use_backend_restores_on_error():
     with pytest.raises(RuntimeError), attnfast.use_backend("cuda"):
         attnfast.pixel_attention(F, F)
     assert attnfast.get_backend() == before
+
+
+def test_float64_only_where_a_backend_takes_it():
+    from conftest import require
+    require("triton")
+    with attnfast.use_backend("triton"), pytest.raises(
+            TypeError, match="float64 is accepted on the 'cpu' and 'torch' backends only"):
+        attnfast.pixel_attention(F.double(), F.double())
+
+
+def test_missing_extension_falls_back_loudly():
+    """Without the C++ extension "auto" uses the eager reference and warns once, saying how to
+    fix it; asking for "cpu" explicitly is an error that says how to get it."""
+    import os
+    import subprocess
+    import sys
+    code = """
+import warnings, torch, attnfast
+assert attnfast.available_backends() == ["torch"], attnfast.available_backends()
+x = torch.rand(2, 3, 4, 5)
+with warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter("always")
+    a = attnfast.pixel_attention(x, x)
+    attnfast.pixel_attention(x, x)
+msgs = [str(w.message) for w in seen if "attnfast" in str(w.message)]
+assert len(msgs) == 1 and "disabled by ATTNFAST_NO_EXTENSION" in msgs[0] \\
+    and "to fix: build the C++ extension" in msgs[0], msgs
+assert torch.equal(a, attnfast.reference.pixel_attention(x, x))
+try:
+    with attnfast.use_backend("cpu"):
+        attnfast.pixel_attention(x, x)
+except RuntimeError as e:
+    assert "to get it: build the C++ extension" in str(e), e
+else:
+    raise AssertionError("no error for a missing cpu backend")
+"""
+    env = dict(os.environ, ATTNFAST_NO_EXTENSION="1", TRITON_INTERPRET="0")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]

@@ -1,10 +1,15 @@
-"""Registration: schemas of both compiled namespaces match the kernel interface, opcheck
-(schema, fake kernels, autograd registration), torch.compile(fullgraph=True), autocast."""
+"""Registration: every backend's namespace implements the kernel interface (attnfast._schema),
+the backward contract is the same on every backend, opcheck (schema, fake kernels, autograd
+registration), torch.compile(fullgraph=True), autocast, the private-API shims of attnfast._compat."""
+import inspect
+
 import pytest
 import torch
 
 import attnfast
-from attnfast._schema import SCHEMAS
+from attnfast import _compat
+from attnfast._schema import OPS, SCHEMAS
+from attnfast.backend import namespace
 from conftest import BACKENDS, DEVICE, big, require
 
 NAMESPACES = {"cpu": "attnfast", "cuda": "attnfast", "triton": "attnfast_triton"}
@@ -22,11 +27,56 @@ def test_schemas_match_interface(backend):
     ns = NAMESPACES[backend]
     for name, schema in SCHEMAS.items():
         got = getattr(getattr(torch.ops, ns), name).default._schema
-        want = torch._C.parse_schema(f"{ns}::{name}{schema}")
+        want = _compat.parse_schema(f"{ns}::{name}{schema}")
         assert [(a.name, str(a.type)) for a in got.arguments] == \
             [(a.name, str(a.type)) for a in want.arguments], f"{ns}::{name} arguments"
         assert [str(r.type) for r in got.returns] == [str(r.type) for r in want.returns], \
             f"{ns}::{name} returns"
+
+
+def test_torch_backend_has_the_interface():
+    """The eager adapter has every op and backward of the interface, arguments named as there."""
+    ns = namespace("torch")
+    for name, schema in SCHEMAS.items():
+        want = [a.name for a in _compat.parse_schema(f"x::{name}{schema}").arguments]
+        params = inspect.signature(getattr(ns, name)).parameters
+        if any(p.kind == p.VAR_POSITIONAL for p in params.values()):  # generated backward
+            assert name.endswith("_backward"), name
+            continue
+        assert list(params)[:len(want)] == want, f"torch backend {name}"
+        assert all(p.default is not p.empty for p in list(params.values())[len(want):]), name
+
+
+def test_op_records_agree_with_their_schemas():
+    """Tensor inputs and outputs as the parsed schema sees them; saved outputs exist."""
+    for name, op in OPS.items():
+        fwd = _compat.parse_schema(f"x::{name}{op.schema}")
+        assert [a.name for a in fwd.arguments if _compat.is_tensor_arg(a)] == op.tensor_inputs
+        assert len(fwd.returns) == len(op.outputs)
+        bwd = _compat.parse_schema(f"x::{name}_backward{op.backward_schema}")
+        assert len(bwd.returns) == len(op.tensor_inputs)
+        assert set(op.saved) <= set(op.outputs)
+
+
+def test_compat_shims():
+    require("cpu")
+    assert _compat.has_kernel("attnfast::pixel_attention", "CPU")
+    assert not _compat.has_kernel("attnfast::pixel_attention", "Lazy")
+    assert not _compat.is_fake(torch.zeros(1))
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        assert _compat.is_fake(torch.zeros(1))
+    from torch._library import triton as torch_triton
+    before = torch_triton.infer_schema
+
+    def f(x: torch.Tensor, n: int) -> torch.Tensor:
+        return x
+    with _compat.int_schema_for_triton_op():
+        assert torch_triton.infer_schema(f, mutates_args=()) == "(Tensor x, int n) -> Tensor"
+    assert torch_triton.infer_schema is before
+    import torch._functorch.config as functorch_config
+    with _compat.donated_buffer_disabled():
+        assert functorch_config.donated_buffer is False
 
 
 def _samples():
@@ -59,6 +109,57 @@ def test_opcheck(backend, name):
     torch.library.opcheck(op, args, test_utils=utils)
 
 
+def _channels_last(x):
+    return x.contiguous(memory_format=torch.channels_last) if torch.is_tensor(x) and \
+        x.dim() == 4 else x
+
+
+@pytest.mark.parametrize("fmt", ["nchw", "channels_last"])
+@pytest.mark.parametrize("name", list(_samples()))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_contract(backend, name, fmt):
+    """``<op>_backward(*grads, *tensor inputs, *saved outputs, *options)`` of every backend gives
+    what the eager backend's gives (autograd of the reference): one gradient per tensor input,
+    in its dtype, shape and memory layout."""
+    require(backend)
+    torch.manual_seed(0)
+    op = OPS[name]
+    args = _samples()[name]
+    if fmt == "channels_last":
+        args = tuple(_channels_last(x) for x in args)
+    n_in = len(op.tensor_inputs)
+    ins, options = args[:n_in], args[n_in:]
+    results = {}
+    for be in (backend, "torch"):
+        ns = namespace(be)
+        outs = getattr(ns, name)(*args)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        if be == backend:
+            grads = tuple(_channels_last(torch.randn_like(o)) if o.dim() == 4 else
+                          torch.randn_like(o) for o in outs)
+        saved = [outs[i] for i in op.saved_index]
+        got = getattr(ns, f"{name}_backward")(*grads, *ins, *saved, *options)
+        results[be] = got if isinstance(got, tuple) else (got,)
+    assert len(results[backend]) == n_in
+    for i, (g, want, x) in enumerate(zip(results[backend], results["torch"], ins)):
+        where = f"{backend} {name}_backward: gradient of {op.tensor_inputs[i]}"
+        assert g.dtype == x.dtype and g.shape == x.shape, where
+        assert want.dtype == x.dtype and want.shape == x.shape, where + " (torch backend)"
+        if x.dim() == 4:
+            assert g.stride() == x.stride(), where + ": layout not kept"
+            assert want.stride() == x.stride(), where + ": layout not kept (torch backend)"
+        torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-5, msg=lambda m: f"{where}: {m}")
+
+
+def test_torch_backend_is_autograd_of_the_reference():
+    """The eager backend's forward is the reference itself: its backward is plain autograd
+    (no custom op in the graph)."""
+    f, g = torch.randn(2, 3, 4, 5, requires_grad=True), torch.randn(2, 3, 4, 5)
+    with attnfast.use_backend("torch"):
+        a = attnfast.pixel_attention(f, g)
+    assert type(a.grad_fn).__name__ == "ReluBackward0"
+
+
 def _step(f, g, gc, fl, wl, wc, s, beta):
     out = attnfast.sharpen_focus_loss(f, g, gc, fl, wl, wc, attention="channel")
     d, t = attnfast.channel_spatial_attention(fl, s)
@@ -68,7 +169,7 @@ def _step(f, g, gc, fl, wl, wc, s, beta):
 
 def test_compile_fullgraph_matches_eager():
     require("cpu")
-    torch._dynamo.reset()
+    torch.compiler.reset()
     xs = [torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6),
           torch.randn(2, 4, 3, 3), torch.randn(2, 4), torch.randn(2, 4),
           torch.rand(2, 4), torch.randn(2, 4)]
@@ -102,11 +203,11 @@ def test_autocast(backend):
 
 
 def test_layout_is_kept_without_copy():
-    from attnfast.ops import _big
+    from attnfast._layout import big as to_kernel
     x = big((2, 8, 5, 6), torch.float32, "channels_last")
-    assert _big(x) is x and _big(x.contiguous()) is not None
+    assert to_kernel(x) is x and to_kernel(x.contiguous()) is not None
     y = big((2, 8, 5, 6), torch.float32, "strided")
-    assert _big(y) is not y and _big(y).is_contiguous()
+    assert to_kernel(y) is not y and to_kernel(y).is_contiguous()
 
 
 def test_backend_api():
@@ -114,3 +215,10 @@ def test_backend_api():
     with attnfast.use_backend("torch"):
         assert attnfast.get_backend() == "torch"
     assert attnfast.get_backend() == "auto"
+
+
+def test_auto_picks_the_compiled_backend():
+    """"auto" means the C++ CPU kernels for CPU tensors here (CUDA, then Triton, on a GPU)."""
+    from attnfast.backend import resolve
+    require(BACKENDS[0])
+    assert resolve(torch.device(DEVICE)) == BACKENDS[0]

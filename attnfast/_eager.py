@@ -1,0 +1,101 @@
+"""The ``torch`` backend: the eager reference (``attnfast.reference``) behind the kernel interface.
+
+Every op of ``attnfast._schema`` under its own name, with the kernel's arguments in the kernel's
+order and conventions (small tensors contiguous in the accumulation dtype, ``soft_mask``'s
+``out_h, out_w``, ``sharpen_focus_loss``'s integer ``kind``), so that ``attnfast.ops`` calls
+``ns.<op>(...)`` the same way for every backend. The forwards are plain differentiable PyTorch:
+autograd of them *is* the reference backward, and the ``torch`` backend uses nothing else.
+
+The ``<op>_backward`` entries follow the backward contract of the compiled kernels (arguments
+``(*grads of the outputs, *tensor inputs, *saved outputs, *non-tensor inputs)``, one gradient per
+tensor input, in the input's dtype and memory layout) and compute it with ``torch.autograd.grad``
+of the forward; tests use them to check every backend's backward the same way.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from ._schema import KIND_CODES, OPS
+
+_KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
+
+
+def _backward(name: str):
+    """``<name>_backward`` of the kernel interface, by autograd of the forward ``<name>``."""
+    op = OPS[name]
+    n_out, n_in, n_saved = len(op.outputs), len(op.tensor_inputs), len(op.saved)
+
+    def backward(*args):
+        grads, ins = args[:n_out], args[n_out:n_out + n_in]
+        options = args[n_out + n_in + n_saved:]
+        with torch.enable_grad():
+            xs = [t.detach().requires_grad_() for t in ins]
+            outs = globals()[name](*xs, *options)
+            outs = outs if isinstance(outs, tuple) else (outs,)
+            used = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
+            got = torch.autograd.grad([o for o, _ in used], xs, [g for _, g in used],
+                                      allow_unused=True) if used else [None] * n_in
+        result = tuple(_like(g, x) for g, x in zip(got, xs))
+        return result if n_in > 1 else result[0]
+
+    backward.__name__ = backward.__qualname__ = f"{name}_backward"
+    return backward
+
+
+def _like(g, x):
+    """Gradient ``g`` of input ``x`` in ``x``'s dtype and memory layout (zeros when unused)."""
+    if g is None:
+        return torch.zeros_like(x)
+    if g.dtype != x.dtype or g.stride() != x.stride():
+        return torch.empty_like(x).copy_(g)
+    return g
+
+
+# --------------------------------------------------------------------------------- the ops
+channel_weights = reference.channel_weights
+channel_weights_backward = _backward("channel_weights")
+
+weighted_attention = reference.weighted_attention
+weighted_attention_backward = _backward("weighted_attention")
+
+pixel_attention = reference.pixel_attention
+pixel_attention_backward = _backward("pixel_attention")
+
+normalize_attention = reference.normalize_attention
+normalize_attention_backward = _backward("normalize_attention")
+
+
+def soft_mask(attn, sigma, omega, out_h, out_w, eps):
+    return reference.soft_mask(attn, sigma, omega, (out_h, out_w), eps)
+
+
+soft_mask_backward = _backward("soft_mask")
+
+soft_iou = reference.soft_iou
+soft_iou_backward = _backward("soft_iou")
+
+
+def attention_consistency(attn, mask, alpha, eps):
+    return reference.attention_consistency(attn, mask, alpha, eps)
+
+
+attention_consistency_backward = _backward("attention_consistency")
+
+
+def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
+                       last_features, last_grads_target, last_grads_confuser,
+                       kind, sigma, omega, alpha, normalize, mask_grad, eps):
+    return reference.sharpen_focus_parts(
+        inner_features, inner_grads_target, inner_grads_confuser,
+        last_features, last_grads_target, last_grads_confuser, attention=_KIND_NAMES[kind],
+        sigma=sigma, omega=omega, alpha=alpha, normalize=normalize, mask_grad=mask_grad, eps=eps)
+
+
+sharpen_focus_loss_backward = _backward("sharpen_focus_loss")
+
+channel_spatial_attention = reference.channel_spatial_attention
+channel_spatial_attention_backward = _backward("channel_spatial_attention")
+
+ggam_loss = reference.ggam_loss
+ggam_loss_backward = _backward("ggam_loss")
