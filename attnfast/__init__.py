@@ -8,8 +8,8 @@ from .backend import available_backends, get_backend, set_backend, use_backend
 from .ops import (SharpenFocusOutput, attention_consistency, channel_attention,
                   channel_spatial_attention, channel_weights, ggam_loss, normalize_attention,
                   pixel_attention, sharpen_focus_loss, soft_iou, soft_mask, weighted_attention)
-from .wrappers import GGAM, SharpenFocus
-from . import models  # noqa: E402
+from .ggam import GGAM
+from .sharpen_focus import SharpenFocus
 
 __version__ = "0.1.0"
 
@@ -18,5 +18,5 @@ __all__ = [
     "SharpenFocusOutput", "attention_consistency", "channel_attention",
     "channel_spatial_attention", "channel_weights", "ggam_loss", "normalize_attention",
     "pixel_attention", "sharpen_focus_loss", "soft_iou", "soft_mask", "weighted_attention",
-    "SharpenFocus", "GGAM", "models",
+    "SharpenFocus", "GGAM",
 ]

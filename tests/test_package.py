@@ -1,0 +1,26 @@
+"""The library is the library: ``import attnfast`` pulls in neither app (trainer, benchmarks)
+nor their dependencies. Checked in a fresh interpreter, where nothing was imported before."""
+import subprocess
+import sys
+
+APPS_AND_THEIR_DEPENDENCIES = ("attnfast.train", "attnfast.bench", "matplotlib", "sklearn")
+
+
+def test_import_attnfast_imports_no_app():
+    code = ("import sys\nimport attnfast\n"
+            f"loaded = [m for m in {APPS_AND_THEIR_DEPENDENCIES!r} if m in sys.modules]\n"
+            "assert not loaded, f'import attnfast imported {loaded}'\n"
+            "assert attnfast.SharpenFocus and attnfast.GGAM\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_apps_import_apart_from_each_other():
+    """The trainer does not import the benchmarks (the benchmarks use the trainer's models)."""
+    code = ("import sys\nimport attnfast.train\n"
+            "assert 'attnfast.bench' not in sys.modules\n"
+            "assert callable(attnfast.train.main)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
