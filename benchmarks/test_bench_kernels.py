@@ -36,6 +36,7 @@ def test_kernel(benchmark, bench_config, kernel):
                                               _current["flush"])
         benchmark.pedantic(target, setup=setup, rounds=cfg.repeats, warmup_rounds=cfg.warmup)
         peak = bench.peak_extra(prepare, run, cfg.device)
-    median = benchmark.stats.stats.median
-    benchmark.extra_info.update(bytes=work.bytes[mode], gbps=work.bytes[mode] / median / 1e9,
-                                peak_extra_mb=peak / bench.MB, provider=provider_name)
+    benchmark.extra_info.update(bytes=work.bytes[mode], peak_extra_mb=peak / bench.MB,
+                                provider=provider_name)
+    if benchmark.stats is not None:  # None under --benchmark-disable (one untimed call)
+        benchmark.extra_info["gbps"] = work.bytes[mode] / benchmark.stats.stats.median / 1e9
