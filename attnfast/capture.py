@@ -199,6 +199,26 @@ def class_attention_maps(model, layer, images, classes, attention="pixel"):
     return logits.detach(), torch.stack(maps, 1).detach()
 
 
+class SupervisedWrapper(nn.Module):
+    """What the attention-supervising wrappers share: ``w(images, targets)`` -> the step (a
+    NamedTuple whose ``loss`` to backpropagate), computed by the subclass's ``_step`` with
+    gradients enabled; ``w(images)`` -> the model's logits. Called with gradients disabled (as in
+    evaluation) the step's tensors come back detached; every call of the model runs with
+    donated buffers off (see the module docstring)."""
+
+    def forward(self, images, targets=None):
+        if targets is None:
+            with donated_buffer_disabled():
+                return self.model(images)
+        keep_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            step = self._step(images, targets, keep_graph)
+        return step if keep_graph else detach_step(step)
+
+    def _step(self, images, targets, keep_graph):
+        raise NotImplementedError
+
+
 def detach_step(step):
     """The step with every tensor (also inside tuples) detached."""
     def d(x):

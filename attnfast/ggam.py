@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from . import ops
 from ._compat import donated_buffer_disabled
-from .capture import (check_targets, classification_loss, detach_step,
+from .capture import (SupervisedWrapper, check_targets, classification_loss,
                       refuse_compiled_double_backward, resolve_layer, score_grads)
 
 __all__ = ["GGAM", "GGAMStep", "ChannelSpatialAttention"]
@@ -61,7 +61,7 @@ class ChannelSpatialAttention(nn.Module):
         return d * (a.shape[2] * a.shape[3]), s, t
 
 
-class GGAM(nn.Module):
+class GGAM(SupervisedWrapper):
     """GGAM around ``model``: the channel-spatial module rescales the output of ``layer``.
 
     ``ggam(images, targets)`` -> :class:`GGAMStep` with
@@ -90,18 +90,12 @@ class GGAM(nn.Module):
             self._store.update(a=output, s=s, t=t)
         return d
 
-    def forward(self, images, targets=None):
-        if targets is None:
-            with donated_buffer_disabled():
-                return self.model(images)
-        keep_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            logits, targets, classes, s, t, beta = self._forward_gradcam(images, targets)
-            attn = ops.ggam_loss(s, beta).mean()
-            cls = classification_loss(logits, targets, self.multilabel)
-            loss = cls + self.weight * attn
-        step = GGAMStep(logits, loss, cls, attn, s, t, beta, classes)
-        return step if keep_graph else detach_step(step)
+    def _step(self, images, targets, keep_graph):
+        logits, targets, classes, s, t, beta = self._forward_gradcam(images, targets)
+        attn = ops.ggam_loss(s, beta).mean()
+        cls = classification_loss(logits, targets, self.multilabel)
+        loss = cls + self.weight * attn
+        return GGAMStep(logits, loss, cls, attn, s, t, beta, classes)
 
     @torch.compiler.disable  # autograd.grad w.r.t. the hooked input: eager (model may be compiled)
     def _forward_gradcam(self, images, targets):

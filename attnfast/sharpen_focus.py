@@ -19,9 +19,9 @@ import torch.nn as nn
 
 from . import ops
 from ._compat import donated_buffer_disabled
-from .capture import (LayerTap, check_attention, check_targets, classification_loss, confusers,
-                      detach_step, layer_map, refuse_compiled_double_backward, resolve_layer,
-                      score_grads, unwrap)
+from .capture import (LayerTap, SupervisedWrapper, check_attention, check_targets,
+                      classification_loss, confusers, layer_map, refuse_compiled_double_backward,
+                      resolve_layer, score_grads, unwrap)
 
 __all__ = ["SharpenFocus", "SharpenFocusStep"]
 
@@ -51,7 +51,7 @@ class _Grads(NamedTuple):
     last_confuser: torch.Tensor
 
 
-class SharpenFocus(nn.Module):
+class SharpenFocus(SupervisedWrapper):
     """Sharpen Focus around ``model`` (see the module docstring for the math).
 
     ``head``: "auto" (default) uses the analytic last-layer gradients when a ``nn.Linear`` named
@@ -162,20 +162,14 @@ class SharpenFocus(nn.Module):
         (it, lt), (ic, lc) = grads
         return _Grads(logits, targets, others, inner, last, it, ic, lt, lc)
 
-    def forward(self, images, targets=None):
-        if targets is None:
-            with donated_buffer_disabled():
-                return self.model(images)
-        keep_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            g = self._gradients(images, targets, self.second_order and keep_graph)
-            parts = ops.sharpen_focus_loss(
-                g.inner, g.inner_target, g.inner_confuser, g.last, g.last_target,
-                g.last_confuser, **self.loss_options)
-            cls = classification_loss(g.logits, g.targets, self.multilabel)
-            loss = cls + self.weight * parts[0]
-        step = SharpenFocusStep(g.logits, loss, cls, parts[0], parts, g.confusers)
-        return step if keep_graph else detach_step(step)
+    def _step(self, images, targets, keep_graph):
+        g = self._gradients(images, targets, self.second_order and keep_graph)
+        parts = ops.sharpen_focus_loss(
+            g.inner, g.inner_target, g.inner_confuser, g.last, g.last_target,
+            g.last_confuser, **self.loss_options)
+        cls = classification_loss(g.logits, g.targets, self.multilabel)
+        loss = cls + self.weight * parts[0]
+        return SharpenFocusStep(g.logits, loss, cls, parts[0], parts, g.confusers)
 
     def attention_maps(self, images, targets):
         """The four raw maps the loss is built from (float32 N x h x w, detached):
