@@ -24,3 +24,17 @@ def test_apps_import_apart_from_each_other():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_every_subpackage_is_installed():
+    """setup.cfg lists its packages by hand: each folder of attnfast/ with an __init__.py must
+    be there, or an installed (non-editable) attnfast lacks it."""
+    import configparser
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    listed = {p.strip() for p in cfg["options"]["packages"].replace(",", "\n").split("\n")}
+    found = {".".join(p.parent.relative_to(root).parts)
+             for p in (root / "attnfast").rglob("__init__.py")}
+    assert found - listed == set(), f"packages missing from setup.cfg: {sorted(found - listed)}"
