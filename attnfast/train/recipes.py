@@ -11,6 +11,8 @@ import math
 from . import data as data_mod
 from . import models
 
+DESCRIPTION = ("Thin trainer for Sharpen Focus and GGAM: ``python -m attnfast.train`` / "
+               "``attnfast-train``.")
 METHODS = ("baseline", "sharpen-focus", "ggam")
 
 # Paper recipes (Sharpen Focus Sec. 4; He et al. 2016 for CIFAR-10). Values a paper leaves open
@@ -47,7 +49,7 @@ DEFAULTS = dict(schedule="cosine", milestones=(), warmup_epochs=0.0, momentum=0.
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        prog="attnfast-train", description=_description(),
+        prog="attnfast-train", description=DESCRIPTION,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--method", default=None, help="baseline | sharpen-focus | ggam, or a comma list")
@@ -141,8 +143,3 @@ def lr_factor(cfg, steps_per_epoch):
         return decay * (min(1.0, (it + 1) / warm) if warm > 0 else 1.0)
     return factor
 
-
-def _description():
-    """The first paragraph of the package docstring (the trainer's one-line summary)."""
-    from .. import train
-    return train.__doc__.split("\n\n")[0]
