@@ -6,24 +6,27 @@ import sys
 APPS_AND_THEIR_DEPENDENCIES = ("attnfast.train", "attnfast.bench", "matplotlib", "sklearn")
 
 
-def test_import_attnfast_imports_no_app():
-    code = ("import sys\nimport attnfast\n"
-            f"loaded = [m for m in {APPS_AND_THEIR_DEPENDENCIES!r} if m in sys.modules]\n"
-            "assert not loaded, f'import attnfast imported {loaded}'\n"
-            "assert attnfast.SharpenFocus and attnfast.GGAM\n")
+def _fresh(code):
+    """Run ``code`` in a fresh interpreter; its stderr when it failed."""
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    return proc.returncode, proc.stderr[-3000:]
+
+
+def test_import_attnfast_imports_no_app():
+    rc, err = _fresh("import sys\nimport attnfast\n"
+                     f"loaded = [m for m in {APPS_AND_THEIR_DEPENDENCIES!r} if m in sys.modules]\n"
+                     "assert not loaded, f'import attnfast imported {loaded}'\n"
+                     "assert attnfast.SharpenFocus and attnfast.GGAM\n")
+    assert rc == 0, err
 
 
 def test_apps_import_apart_from_each_other():
     """The trainer does not import the benchmarks (the benchmarks use the trainer's models)."""
-    code = ("import sys\nimport attnfast.train\n"
-            "assert 'attnfast.bench' not in sys.modules\n"
-            "assert callable(attnfast.train.main)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    rc, err = _fresh("import sys\nimport attnfast.train\n"
+                     "assert 'attnfast.bench' not in sys.modules\n"
+                     "assert callable(attnfast.train.main)\n")
+    assert rc == 0, err
 
 
 def test_every_subpackage_is_installed():
