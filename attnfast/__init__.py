@@ -7,12 +7,12 @@ choose among them (``"auto"`` by default).
 from . import ops
 from .backend import available_backends, get_backend, set_backend, use_backend
 from .ops import *  # noqa: F401,F403  the public ops, ops.__all__
-from .wrappers import GGAM, SharpenFocus
-from . import models  # noqa: E402
+from .ggam import GGAM
+from .sharpen_focus import SharpenFocus
 
 __version__ = "0.1.0"
 
 __all__ = [
     "available_backends", "get_backend", "set_backend", "use_backend", *ops.__all__,
-    "SharpenFocus", "GGAM", "models",
+    "SharpenFocus", "GGAM",
 ]

@@ -1,4 +1,5 @@
-"""Options and parametrization of the pytest-benchmark suite: the cases of ``attnfast.bench``.
+"""Options and parametrization of the pytest-benchmark suite: the cases of ``attnfast.bench``
+(through its public functions only).
 
     pytest benchmarks/ --benchmark-only [--bench-device cuda] [--bench-dtype bfloat16]
         [--bench-channels-last] [--bench-quick] [--bench-cases 'sharpen_focus_loss*,train/*']
@@ -36,15 +37,12 @@ def pytest_addoption(parser):
 
 def _config(config) -> bench.Config:
     if not hasattr(config, "_attnfast_bench"):
-        args = ["--device", config.getoption("--bench-device") or bench.parse_args([]).device,
-                "--dtype", config.getoption("--bench-dtype"),
-                "--cases", config.getoption("--bench-cases"),
-                "--providers", config.getoption("--bench-providers")]
-        args += ["--channels-last"] * config.getoption("--bench-channels-last")
-        args += ["--quick"] * config.getoption("--bench-quick")
-        if config.getoption("--bench-threads"):
-            args += ["--threads", str(config.getoption("--bench-threads"))]
-        config._attnfast_bench = bench.config_from_args(bench.parse_args(args))
+        config._attnfast_bench = bench.config(
+            config.getoption("--bench-device"), config.getoption("--bench-dtype"),
+            channels_last=config.getoption("--bench-channels-last"),
+            quick=config.getoption("--bench-quick"), cases=config.getoption("--bench-cases"),
+            providers=config.getoption("--bench-providers"),
+            threads=config.getoption("--bench-threads"))
     return config._attnfast_bench
 
 
@@ -56,11 +54,11 @@ def bench_config(request) -> bench.Config:
 def pytest_generate_tests(metafunc):
     cfg = _config(metafunc.config)
     if "kernel" in metafunc.fixturenames:
-        params = [(case, prov.name, mode) for case in bench.selected_kernel_cases(cfg)
-                  for prov in bench.providers(cfg) for mode in bench.MODES]
+        params = [(case, prov.name, mode) for case in bench.kernel_cases(cfg)
+                  for prov in bench.kernel_providers(cfg) for mode in bench.MODES]
         metafunc.parametrize("kernel", params,
                              ids=[f"{c.name}-{m}-{p}" for c, p, m in params])
     if "training" in metafunc.fixturenames:
-        params = [(case, net, v) for case, net in bench.train_cases(cfg)
-                  for v in bench.train_variants()]
+        params = [(case, net, v) for case, net in bench.training_cases(cfg)
+                  for v in bench.training_variants()]
         metafunc.parametrize("training", params, ids=[f"{c}-{v}" for c, _, v in params])

@@ -12,15 +12,15 @@ _current: dict = {}   # the workload and op callables of the case now running (o
 
 
 def _prepared(case, provider_name, cfg):
-    """The case's ``KernelWorkload`` (built once per case) and the provider with its callable
+    """The case's workload (built once per case) and the provider with its callable
     (built once per case and provider: torch.compile compiles once, not per mode)."""
     if _current.get("case") != case.name:
         _current.clear()
-        _current.update(case=case.name, work=bench.KernelWorkload(case, cfg), fns={},
+        _current.update(case=case.name, work=bench.kernel_workload(case, cfg), fns={},
                         flush=bench.cache_flusher(cfg))
     fns = _current["fns"]
     if provider_name not in fns:
-        prov = next(p for p in bench.providers(cfg) if p.name == provider_name)
+        prov = next(p for p in bench.kernel_providers(cfg) if p.name == provider_name)
         fns[provider_name] = (prov, prov.fn(case.op))
     return _current["work"], fns[provider_name]
 
@@ -36,6 +36,7 @@ def test_kernel(benchmark, bench_config, kernel):
                                               _current["flush"])
         benchmark.pedantic(target, setup=setup, rounds=cfg.repeats, warmup_rounds=cfg.warmup)
         peak = bench.peak_extra(prepare, run, cfg.device)
-    median = benchmark.stats.stats.median
-    benchmark.extra_info.update(bytes=work.bytes[mode], gbps=work.bytes[mode] / median / 1e9,
-                                peak_extra_mb=peak / bench.MB, provider=provider_name)
+    benchmark.extra_info.update(bytes=work.bytes[mode], peak_extra_mb=peak / bench.MB,
+                                provider=provider_name)
+    if benchmark.stats is not None:  # None under --benchmark-disable (one untimed call)
+        benchmark.extra_info["gbps"] = work.bytes[mode] / benchmark.stats.stats.median / 1e9

@@ -12,7 +12,7 @@ from attnfast import bench
 def test_training_step(benchmark, bench_config, training):
     case, net, variant = training
     cfg = bench_config
-    step = bench.TrainStep(cfg, net, variant)
+    step = bench.training_step(cfg, net, variant)
     benchmark.group = case
     setup, target = bench.wall_clock_pair(lambda i: None, step.step, 1, cfg.device)
     benchmark.pedantic(target, setup=setup, rounds=cfg.train_repeats,

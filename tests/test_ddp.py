@@ -16,8 +16,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import attnfast
-from attnfast import models
-from attnfast.wrappers import GGAM, Baseline, SharpenFocus
+from attnfast import GGAM, SharpenFocus
+from attnfast.baseline import Baseline
+from attnfast.train import models
 
 N, C, WORLD = 8, 5, 2
 METHODS = ("baseline", "sharpen-focus", "ggam")

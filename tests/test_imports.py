@@ -110,15 +110,3 @@ def test_module_imports_alone(module):
     run = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, f"import {module} failed:\n{run.stderr[-3000:]}"
-
-
-def test_import_attnfast_loads_no_app():
-    """``import attnfast`` brings the library only: no trainer, benchmark or data module."""
-    code = ("import sys, attnfast; print(' '.join(m for m in sys.modules "
-            "if m.startswith('attnfast.')))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    loaded = set(run.stdout.split())
-    apps = {m for m in loaded if m.split(".")[1] in ("train", "bench", "data", "visualize")}
-    assert not apps, f"import attnfast imported application modules: {sorted(apps)}"

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 import attnfast
-from attnfast import data as data_mod
-from attnfast import models, train
-from attnfast.wrappers import Baseline
+from attnfast import train
+from attnfast.baseline import Baseline
+from attnfast.train import data as data_mod
+from attnfast.train import models, recipes
+from attnfast.train.metrics import average_precision, roc_auc
 
 TINY = ["--data", "synthetic", "--train-size", "32", "--test-size", "16", "--image-size", "16",
         "--model", "resnet8", "--batch-size", "16", "--epochs", "1", "--pictures", "0",
@@ -131,22 +133,22 @@ def test_amp_channels_last_and_compile(tmp_path):
 
 
 def test_recipes_and_large_batch_scaling():
-    cfg = train.configure(train.parse_args(["--recipe", "cifar100-resnet110"]))
+    cfg = recipes.configure(recipes.parse_args(["--recipe", "cifar100-resnet110"]))
     assert (cfg["data"], cfg["model"], cfg["lr"], cfg["weight_decay"], cfg["batch_size"],
             cfg["milestones"], cfg["epochs"]) == ("cifar100", "resnet110", 0.1, 5e-4, 128,
                                                   (81, 122), 160)
-    big = train.configure(train.parse_args(["--recipe", "imagenet-resnet18",
-                                            "--batch-size", "1024"]))
+    big = recipes.configure(recipes.parse_args(["--recipe", "imagenet-resnet18",
+                                                "--batch-size", "1024"]))
     assert big["lr"] == pytest.approx(0.4) and big["warmup_epochs"] == 5.0
-    f = train.lr_factor(big, 10)
+    f = recipes.lr_factor(big, 10)
     assert f(0) == pytest.approx(0.02) and f(49) == pytest.approx(1.0)
     assert f(300) == pytest.approx(0.1) and f(600) == pytest.approx(0.01)
-    cub = train.configure(train.parse_args(["--recipe", "cub200-resnet50", "--lr", "0.01"]))
+    cub = recipes.configure(recipes.parse_args(["--recipe", "cub200-resnet50", "--lr", "0.01"]))
     assert cub["image_size"] == 448 and cub["lr"] == 0.01 and cub["batch_size"] == 10
-    cos = train.lr_factor(train.configure(train.parse_args(["--epochs", "4"])), 5)
+    cos = recipes.lr_factor(recipes.configure(recipes.parse_args(["--epochs", "4"])), 5)
     assert cos(0) == 1.0 and cos(10) == pytest.approx(0.5) and cos(20) == pytest.approx(0.0)
     with pytest.raises(SystemExit, match="unknown method"):
-        train.configure(train.parse_args(["--method", "gcam"]))
+        recipes.configure(recipes.parse_args(["--method", "gcam"]))
 
 
 def test_average_precision_and_auc_match_sklearn():
@@ -156,10 +158,10 @@ def test_average_precision_and_auc_match_sklearn():
     targets = (torch.rand(40, 4, generator=g) < 0.4).float()
     ap = metrics.average_precision_score(targets.numpy(), scores.numpy(), average="macro")
     auc = metrics.roc_auc_score(targets.numpy(), scores.numpy(), average="macro")
-    assert train.roc_auc(scores, targets) == pytest.approx(auc, abs=1e-9)
+    assert roc_auc(scores, targets) == pytest.approx(auc, abs=1e-9)
     untied = torch.randn(40, 4, generator=g)
     ap = metrics.average_precision_score(targets.numpy(), untied.numpy(), average="macro")
-    assert train.average_precision(untied, targets) == pytest.approx(ap, abs=1e-6)
+    assert average_precision(untied, targets) == pytest.approx(ap, abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- data

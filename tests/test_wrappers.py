@@ -13,8 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 
 import attnfast
-from attnfast import models, reference
-from attnfast.wrappers import GGAM, Baseline, SharpenFocus
+from attnfast import GGAM, SharpenFocus, reference
+from attnfast.baseline import Baseline
+from attnfast.train import models
 
 N, C, SIZE = 6, 5, 12
 INNER, LAST = "layer2", "layer3"
@@ -302,6 +303,28 @@ def test_compiled_model_refuses_second_order():
     model.compile(backend="aot_eager")
     with pytest.raises(ValueError, match="double backward.*second_order=False"):
         SharpenFocus(model, INNER, LAST)
+
+
+@pytest.mark.parametrize("wrapper", ["sharpen-focus", "ggam"])
+def test_compiled_model_leaves_donated_buffers_on(wrapper):
+    """With AOTAutograd's donated buffers on (PyTorch's default), a compiled model under a
+    first-order wrapper still trains (the wrapper's retain_graph passes need them off, and get
+    them off only around its own calls), and the global flag is the same after the step."""
+    import torch._functorch.config as functorch_config
+    torch._dynamo.reset()
+    x, y = batch(torch.float32)
+    with functorch_config.patch(donated_buffer=True):
+        model = tiny(torch.float32)
+        model.compile(backend="aot_eager")
+        net = (GGAM(model, LAST, channels=64, reduction=4) if wrapper == "ggam"
+               else SharpenFocus(model, INNER, LAST, second_order=False))
+        assert functorch_config.donated_buffer is True
+        step = net(x, y)
+        assert functorch_config.donated_buffer is True
+        step.loss.backward()
+        net(x)
+        assert functorch_config.donated_buffer is True
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
 @pytest.mark.parametrize("wrapper", ["sharpen-focus", "ggam"])

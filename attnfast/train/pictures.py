@@ -5,6 +5,9 @@ Fig. 2 / Fig. 8.
 Each map is the raw attention of one class at a layer (``class_attention_maps``), bilinearly
 resized to the image and divided by its own max, drawn over the grey image. Uses matplotlib's
 object API with the Agg canvas (no pyplot, no global backend change, no display needed).
+
+:func:`attention_pictures` is the trainer's step: ``attention.png`` per run and
+``comparison.png`` with all runs side by side.
 """
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as nnf
 
-from .wrappers import class_attention_maps
+from ..capture import class_attention_maps
 
-__all__ = ["TopMaps", "top_class_maps", "attention_figure"]
+__all__ = ["TopMaps", "top_class_maps", "attention_figure", "attention_pictures"]
 
 
 class TopMaps(NamedTuple):
@@ -104,3 +107,35 @@ def attention_figure(path, images, targets, class_names, panels, title=None):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return Path(path)
+
+
+def attention_pictures(cfg, data, results, dst):
+    """attention.png per run and comparison.png with all runs side by side (rank 0)."""
+    k = cfg["pictures"]
+    if not k or not dst.main:
+        return []
+    idx, seen = [], set()
+    for i in range(len(data.test)):
+        y = data.test[i][1]
+        key = tuple(y.tolist()) if data.multilabel else int(y)
+        if key not in seen:
+            seen.add(key)
+            idx.append(i)
+        if len(idx) == k:
+            break
+    x = torch.stack([data.test[i][0] for i in idx]).to(dst.device)
+    y = torch.stack([torch.as_tensor(data.test[i][1]) for i in idx])
+    x = data.prepare(x, train=False)
+    shown = data.unnormalize(x)
+    panels, written = {}, []
+    for s in results:
+        panels[s["method"]] = top_class_maps(s["_model"], s["_last"], x, 5, cfg["attention"],
+                                             data.multilabel)
+        written.append(attention_figure(Path(s["run_dir"]) / "attention.png", shown, y,
+                                        data.class_names, {s["method"]: panels[s["method"]]}))
+    if len(panels) > 1:
+        written.append(attention_figure(
+            Path(cfg["out"]) / "comparison.png", shown, y, data.class_names, panels,
+            title=f"top-5 class attention ({cfg['attention']}, {results[0]['_last']}); "
+                  "true class in green"))
+    return written

@@ -177,12 +177,12 @@ def create(name, num_classes, in_channels=3, **kw):
     try:
         import torchvision
     except ImportError:
-        raise ValueError(f"unknown model {name!r}; attnfast.models has {available()} "
+        raise ValueError(f"unknown model {name!r}; attnfast.train.models has {available()} "
                          "(torchvision models need `pip install torchvision`)") from None
     try:
         model = torchvision.models.get_model(name, num_classes=num_classes, **kw)
     except ValueError as e:
-        raise ValueError(f"unknown model {name!r}: not in attnfast.models {available()} "
+        raise ValueError(f"unknown model {name!r}: not in attnfast.train.models {available()} "
                          f"nor in torchvision ({e})") from None
     if in_channels != 3:
         raise ValueError(f"torchvision model {name!r} expects 3 input channels, "

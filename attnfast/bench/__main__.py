@@ -1,0 +1,6 @@
+"""``python -m attnfast.bench``: see :mod:`attnfast.bench`."""
+import sys
+
+from . import main
+
+sys.exit(main())

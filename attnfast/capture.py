@@ -1,0 +1,230 @@
+"""What the training wrappers share: features of named layers, targets, class scores and their
+gradients, the classification loss.
+
+Features are captured with forward hooks on named layers (``model.named_modules()`` names);
+class-score gradients are taken with ``torch.autograd.grad`` w.r.t. those features only, so no
+parameter ``.grad`` is ever touched. The class score of a batch is S = sum_n Y[n, c_n] (single
+label) or S = sum_n sum_c T[n, c] Y[n, c] (multi-hot T), and dS/dF is taken with an upstream
+gradient of ones (SPEC decision 9): dS/dF[n] = dY[n, c_n]/dF[n] exactly, never scaled by the
+batch's summed logit.
+
+A model may run through ``torch.compile``: the hooks are opaque to the compiler (the graph splits
+at each captured tensor), and every forward and backward the wrappers take through the model runs
+under :func:`attnfast._compat.donated_buffer_disabled`.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as nnf
+
+from . import ops
+from ._compat import donated_buffer_disabled
+
+__all__ = ["class_attention_maps", "resolve_layer"]
+
+ATTENTION_KINDS = ("pixel", "channel", "gradcam")
+
+
+# ----------------------------------------------------------------------------- layers and hooks
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DistributedDataParallel/DataParallel (``.module``) and
+    ``torch.compile`` (``._orig_mod``) wrappers, whose names the layer arguments use."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` in ``model.named_modules()``; a clear error listing the
+    available names (up to two levels deep) otherwise."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"layer names must be non-empty strings, got {name!r}")
+    modules = dict(unwrap(model).named_modules())
+    if name in modules:
+        return modules[name]
+    shown = [n for n in modules if n and n.count(".") <= 1]
+    raise ValueError(f"model {type(unwrap(model)).__name__} has no layer named {name!r}; "
+                     f"available: {', '.join(shown)}")
+
+
+def _compiled(model: nn.Module) -> bool:
+    """Whether ``model`` or a submodule runs through ``torch.compile``."""
+    return any(getattr(m, "_compiled_call_impl", None) is not None
+               or isinstance(getattr(m, "_orig_mod", None), nn.Module) for m in model.modules())
+
+
+def refuse_compiled_double_backward(model, wrapper, double_backward):
+    """Double backward through a compiled graph is not supported by PyTorch at all: refuse it
+    up front with the way out."""
+    if double_backward and _compiled(model):
+        raise ValueError(f"{wrapper} with second_order=True differentiates through the model's "
+                         "backward (double backward), which torch.compile'd models do not "
+                         "support; pass second_order=False, or do not compile the model")
+
+
+def check_attention(attention):
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"attention must be 'pixel', 'channel' or 'gradcam', got {attention!r}")
+
+
+class LayerTap:
+    """Forward hooks that keep the latest output (and for ``io`` layers the first input too) of
+    named layers while capturing. The hooks are opaque to ``torch.compile`` so a compiled model
+    splits its graph at each captured tensor, which keeps dY/dF computable by autograd."""
+
+    def __init__(self, model, names=(), io=()):
+        self.store: dict = {}
+        self.active = False
+        self.handles = [resolve_layer(model, n).register_forward_hook(self._hook(n, n in io))
+                        for n in dict.fromkeys((*names, *io))]
+
+    def _hook(self, name, with_input):
+        @torch.compiler.disable
+        def hook(module, args, output):
+            if self.active:
+                self.store[name] = (args[0], output) if with_input else output
+        return hook
+
+    @contextlib.contextmanager
+    def capture(self):
+        self.store.clear()
+        self.active = True
+        try:
+            yield self.store
+        finally:
+            self.active = False
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+# ----------------------------------------------------------------------------- targets and scores
+
+def check_targets(targets, logits, multilabel):
+    """Validate single-label (N class indices in [0, C)) or multi-label (N x C of 0/1) targets."""
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a tensor, got {type(targets).__name__}")
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return an N x C logits tensor, got {got}")
+    n, c = logits.shape
+    if c < 2:
+        raise ValueError(f"a confuser class needs at least 2 classes, the model has {c}")
+    if multilabel:
+        if tuple(targets.shape) != (n, c):
+            raise ValueError(f"multi-label targets must be N x C = {n} x {c} multi-hot, got shape "
+                             f"{tuple(targets.shape)}")
+        if targets.numel() and not ((targets == 0) | (targets == 1)).all():
+            raise ValueError("multi-label targets must contain only 0 and 1")
+        return targets.to(logits.device, torch.float32)
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be integer class indices (multi-hot targets need "
+                        f"multilabel=True), got dtype {targets.dtype}")
+    if tuple(targets.shape) != (n,):
+        raise ValueError(f"targets must have shape (N,) = ({n},) with one class index per image, "
+                         f"got shape {tuple(targets.shape)}")
+    if n:
+        lo, hi = torch.aminmax(targets)
+        if lo < 0 or hi >= c:
+            raise ValueError(f"labels out of range: the model has {c} classes (0..{c - 1}), "
+                             f"targets span {int(lo)}..{int(hi)}")
+    return targets.to(logits.device, torch.long)
+
+
+def classification_loss(logits, targets, multilabel):
+    """Cross-entropy, or MultiLabelSoftMarginLoss for multi-hot targets (float32; float64 for
+    float64 logits)."""
+    if logits.dtype != torch.float64:
+        logits = logits.float()
+    if multilabel:
+        return nnf.multilabel_soft_margin_loss(logits, targets.to(logits.dtype))
+    return nnf.cross_entropy(logits, targets)
+
+
+def class_scores(logits, classes):
+    """s[n] = Y[n, c_n] for N indices, or sum_c T[n, c] Y[n, c] for an N x C multi-hot T."""
+    if classes.dim() == 1:
+        return logits.gather(1, classes[:, None])[:, 0]
+    return (logits * classes.to(logits.dtype)).sum(1)
+
+
+def confusers(logits, targets):
+    """argmax over classes other than the target(s) of the detached logits (N indices)."""
+    y = logits.detach().float()
+    positive = targets > 0.5 if targets.dim() == 2 else nnf.one_hot(targets, y.shape[1]).bool()
+    return y.masked_fill(positive, float("-inf")).argmax(1)
+
+
+def score_grads(logits, classes, features, create_graph):
+    """d(sum_n s_n)/dF for each F in ``features``, with an upstream gradient of ones."""
+    scores = class_scores(logits, classes)
+    return torch.autograd.grad(scores, features, grad_outputs=torch.ones_like(scores),
+                               retain_graph=True, create_graph=create_graph)
+
+
+def layer_map(features, grads, kind):
+    """Raw map of one class at one layer: pixel (Eq. 5), channel (Eq. 3-4) or Grad-CAM."""
+    if grads.dim() == 2:
+        grads = grads[:, :, None, None].expand(-1, -1, *features.shape[-2:])
+    if kind == "pixel":
+        return ops.pixel_attention(features, grads)
+    return ops.channel_attention(features, grads, positive=(kind == "channel"))
+
+
+def class_attention_maps(model, layer, images, classes, attention="pixel"):
+    """Maps of several classes per image at ``layer`` of any model (e.g. a baseline).
+
+    ``classes``: N x M class indices. Returns (logits, maps N x M x h x w float32), detached.
+    """
+    check_attention(attention)
+    tap = LayerTap(model, [layer])
+    try:
+        with torch.enable_grad(), tap.capture() as store, donated_buffer_disabled():
+            logits = model(images)
+            feats = store[layer]
+            maps = [layer_map(feats, score_grads(logits, classes[:, m], [feats], False)[0],
+                              attention) for m in range(classes.shape[1])]
+    finally:
+        tap.remove()
+    return logits.detach(), torch.stack(maps, 1).detach()
+
+
+class SupervisedWrapper(nn.Module):
+    """What the attention-supervising wrappers share: ``w(images, targets)`` -> the step (a
+    NamedTuple whose ``loss`` to backpropagate), computed by the subclass's ``_step`` with
+    gradients enabled; ``w(images)`` -> the model's logits. Called with gradients disabled (as in
+    evaluation) the step's tensors come back detached; every call of the model runs with
+    donated buffers off (see the module docstring)."""
+
+    def forward(self, images, targets=None):
+        if targets is None:
+            with donated_buffer_disabled():
+                return self.model(images)
+        keep_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            step = self._step(images, targets, keep_graph)
+        return step if keep_graph else detach_step(step)
+
+    def _step(self, images, targets, keep_graph):
+        raise NotImplementedError
+
+
+def detach_step(step):
+    """The step with every tensor (also inside tuples) detached."""
+    def d(x):
+        if isinstance(x, torch.Tensor):
+            return x.detach()
+        if isinstance(x, tuple):
+            return type(x)(*map(d, x)) if hasattr(x, "_fields") else tuple(map(d, x))
+        return x
+    return d(step)

@@ -1,0 +1,118 @@
+"""GGAM (Xu et al. 2021) around any model whose layers are named.
+
+After ``layer`` an SE channel attention S = sigmoid(W2 ReLU(W1 GAP(A))) and the channel-spatial
+op give D = A * T (SPEC), passed on as (H W) * D (T sums to 1 over the pixels; see
+ChannelSpatialAttention); the loss adds ``weight * mean_n ggam_loss(S, beta)``, beta = Grad-CAM
+channel weights (mean_ij dY^c/dA) of the predicted (or labelled) class w.r.t. the module input
+A, detached. Gradients are taken as :mod:`attnfast.capture` describes.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from . import ops
+from ._compat import donated_buffer_disabled
+from .capture import (SupervisedWrapper, check_targets, classification_loss,
+                      refuse_compiled_double_backward, resolve_layer, score_grads)
+
+__all__ = ["GGAM", "GGAMStep", "ChannelSpatialAttention"]
+
+
+class GGAMStep(NamedTuple):
+    """One GGAM training step: S (N x C), T (N x H x W), beta (N x C, detached) and the classes
+    whose Grad-CAM gave beta (N indices, or N x C multi-hot)."""
+    logits: torch.Tensor
+    loss: torch.Tensor
+    classification_loss: torch.Tensor
+    attention_loss: torch.Tensor
+    channel_weights: torch.Tensor
+    spatial: torch.Tensor
+    gradcam_weights: torch.Tensor
+    classes: torch.Tensor
+
+
+class ChannelSpatialAttention(nn.Module):
+    """S = sigmoid(W2 ReLU(W1 GAP(A) + b1) + b2) (SE, hidden = C / reduction), then
+    (D, T) = channel_spatial_attention(A, S): D = A * T, T = sum_c A S / sum_{c,i,j} A S.
+
+    The module outputs (H W) * D: T sums to 1 over the H x W pixels, so D alone is the features
+    shrunk by about H W (1/64 on an 8 x 8 map), which starves a GAP + linear head that follows
+    (on digits a ResNet-20 stays at chance); the constant H W makes a uniform T the identity.
+    """
+
+    def __init__(self, channels, reduction=16):
+        super().__init__()
+        if channels < 1 or reduction < 1:
+            raise ValueError(f"channels and reduction must be >= 1, got {channels}, {reduction}")
+        hidden = max(channels // reduction, 1)
+        self.fc1, self.fc2 = nn.Linear(channels, hidden), nn.Linear(hidden, channels)
+
+    def forward(self, a):
+        """Returns ((H W) * D, S, T)."""
+        if a.dim() != 4 or a.shape[1] != self.fc1.in_features:
+            raise ValueError(f"GGAM attention expects N x {self.fc1.in_features} x H x W features, "
+                             f"got shape {tuple(a.shape)} (check `channels`)")
+        acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(a.mean(dim=(2, 3)))))).to(acc)
+        d, t = ops.channel_spatial_attention(a, s)
+        return d * (a.shape[2] * a.shape[3]), s, t
+
+
+class GGAM(SupervisedWrapper):
+    """GGAM around ``model``: the channel-spatial module rescales the output of ``layer``.
+
+    ``ggam(images, targets)`` -> :class:`GGAMStep` with
+    loss = classification + weight * mean_n ggam_loss(S, beta.detach()), beta the Grad-CAM channel
+    weights w.r.t. the module input of the predicted class (``target="predicted"``, the paper) or
+    of the label (``"label"``; multi-label: the positives / the classes with logit > 0).
+    ``ggam(images)`` -> logits (the module applied).
+    """
+
+    def __init__(self, model, layer="layer4", *, channels, reduction=16, weight=1.0,
+                 target="predicted", multilabel=False):
+        super().__init__()
+        if target not in ("predicted", "label"):
+            raise ValueError(f"target must be 'predicted' or 'label', got {target!r}")
+        refuse_compiled_double_backward(model, "GGAM", False)
+        self.model, self.layer = model, layer
+        self.attention = ChannelSpatialAttention(channels, reduction)
+        self.weight, self.target, self.multilabel = weight, target, multilabel
+        self._capture, self._store = False, {}
+        self._handle = resolve_layer(model, layer).register_forward_hook(self._attend)
+
+    @torch.compiler.disable
+    def _attend(self, module, args, output):
+        d, s, t = self.attention(output)
+        if self._capture:
+            self._store.update(a=output, s=s, t=t)
+        return d
+
+    def _step(self, images, targets, keep_graph):
+        logits, targets, classes, s, t, beta = self._forward_gradcam(images, targets)
+        attn = ops.ggam_loss(s, beta).mean()
+        cls = classification_loss(logits, targets, self.multilabel)
+        loss = cls + self.weight * attn
+        return GGAMStep(logits, loss, cls, attn, s, t, beta, classes)
+
+    @torch.compiler.disable  # autograd.grad w.r.t. the hooked input: eager (model may be compiled)
+    def _forward_gradcam(self, images, targets):
+        """Logits, checked targets, the Grad-CAM classes, S, T and beta (detached)."""
+        with donated_buffer_disabled():
+            self._capture = True
+            try:
+                logits = self.model(images)
+            finally:
+                self._capture = False
+            a, s, t = (self._store.pop(k) for k in ("a", "s", "t"))
+            targets = check_targets(targets, logits, self.multilabel)
+            classes = targets if self.target == "label" else self._predicted(logits)
+            g, = score_grads(logits, classes, (a,), False)
+        beta = ops.channel_weights(g, positive=False).detach()
+        return logits, targets, classes, s, t, beta
+
+    def _predicted(self, logits):
+        y = logits.detach()
+        return (y > 0).float() if self.multilabel else y.argmax(1)

@@ -1,0 +1,184 @@
+"""Sharpen Focus (Wang et al. 2019) around any model whose layers are named.
+
+Eq. 9:
+    loss = CE(Y, t) + weight * mean_n [sIoU_inner + sIoU_last + L_ac]
+with maps of the target t and of the confuser (highest-scoring non-target class of the detached
+logits; multi-label: the top negative) at ``inner_layer`` and ``last_layer``. With
+``second_order`` the gradients stay in the graph (``create_graph=True``) so the loss also
+differentiates through them; first-order mode treats them as constants. When ``head`` is the
+``nn.Linear`` fed by global average pooling of ``last_layer``, dY^c/dF[n,k,i,j] = W[c,k] / (H W)
+at every pixel, so the last-layer gradients are these N x K weights (no autograd pass).
+Features and class-score gradients are taken as :mod:`attnfast.capture` describes.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+
+from . import ops
+from ._compat import donated_buffer_disabled
+from .capture import (LayerTap, SupervisedWrapper, check_attention, check_targets,
+                      classification_loss, confusers, layer_map, refuse_compiled_double_backward,
+                      resolve_layer, score_grads, unwrap)
+
+__all__ = ["SharpenFocus", "SharpenFocusStep"]
+
+_HEAD_CANDIDATES = ("fc", "head", "head.fc", "classifier", "linear")
+
+
+class SharpenFocusStep(NamedTuple):
+    """One Sharpen Focus training step. ``parts`` is the op's SharpenFocusOutput
+    (loss, inner_iou, last_iou, consistency); ``confusers``: N class indices."""
+    logits: torch.Tensor
+    loss: torch.Tensor
+    classification_loss: torch.Tensor
+    attention_loss: torch.Tensor
+    parts: Any
+    confusers: torch.Tensor
+
+
+class _Grads(NamedTuple):
+    logits: torch.Tensor
+    targets: torch.Tensor
+    confusers: torch.Tensor
+    inner: torch.Tensor
+    last: torch.Tensor
+    inner_target: torch.Tensor
+    inner_confuser: torch.Tensor
+    last_target: torch.Tensor      # N x K x H x W, or N x K (analytic head)
+    last_confuser: torch.Tensor
+
+
+class SharpenFocus(SupervisedWrapper):
+    """Sharpen Focus around ``model`` (see the module docstring for the math).
+
+    ``head``: "auto" (default) uses the analytic last-layer gradients when a ``nn.Linear`` named
+    fc/head/classifier/linear turns out, on the first call in each mode, to be fed by GAP of
+    ``last_layer`` and to give the logits, else autograd; a name or module demands it (a head that
+    fails the check raises ``ValueError``); ``None`` always uses autograd.
+    ``sf(images, targets)`` -> :class:`SharpenFocusStep`; ``sf(images)`` -> logits.
+    Called with gradients disabled, the step is first-order and its tensors detached.
+    """
+
+    def __init__(self, model, inner_layer="layer3", last_layer="layer4", *, head="auto",
+                 attention="pixel", second_order=True, multilabel=False, weight=1.0, sigma=0.55,
+                 omega=100.0, alpha=1.0, normalize=True, mask_grad=False):
+        super().__init__()
+        check_attention(attention)
+        refuse_compiled_double_backward(model, "SharpenFocus", second_order)
+        self.model = model
+        self.inner_layer, self.last_layer = inner_layer, last_layer
+        self.attention, self.second_order, self.multilabel = attention, second_order, multilabel
+        self.weight = weight
+        self.loss_options = dict(attention=attention, sigma=sigma, omega=omega, alpha=alpha,
+                                 normalize=normalize, mask_grad=mask_grad)
+        self._head, self._head_name, self._head_required = self._find_head(head)
+        io = (self._head_name,) if self._head is not None else ()
+        self._tap = LayerTap(model, (inner_layer, last_layer), io)
+        self._head_checked: set = set()
+        self.head_status = "autograd (no head)" if self._head is None else "unchecked"
+
+    def _find_head(self, head):
+        if head is None:
+            return None, None, False
+        root = unwrap(self.model)
+        if head == "auto":
+            modules = dict(root.named_modules())
+            for name in _HEAD_CANDIDATES:
+                if isinstance(modules.get(name), nn.Linear):
+                    return modules[name], name, False
+            return None, None, False
+        if isinstance(head, nn.Module):
+            names = [n for n, m in root.named_modules() if m is head]
+            if not names:
+                raise ValueError("head module is not a submodule of the model")
+            head = names[0]
+        module = resolve_layer(self.model, head)
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"head {head!r} must be an nn.Linear fed by global average pooling of "
+                             f"{self.last_layer!r}, got {type(module).__name__}; pass head=None")
+        return module, head, True
+
+    @property
+    def analytic_head(self) -> bool:
+        """Whether the last-layer gradients are the analytic W[c] / (H W) weights."""
+        return self._head is not None
+
+    def _check_head(self, last, head_io, logits):
+        """Refuse (or, for head="auto", stop using) a head not fed by GAP of ``last_layer``."""
+        x, y = head_io
+        n, k = last.shape[:2]
+        if n == 0:
+            return
+        reason = None
+        if self._head.in_features != k:
+            reason = (f"it takes {self._head.in_features} features but {self.last_layer!r} has "
+                      f"{k} channels")
+        else:
+            gap = last.detach().float().mean(dim=(2, 3))
+            xf = x.detach().float().reshape(gap.shape) if x.numel() == gap.numel() else None
+            if xf is None or (xf - gap).abs().max() > 1e-2 * gap.abs().max() + 1e-5:
+                reason = (f"its input is not the global average pool of {self.last_layer!r} "
+                          "(something other than GAP lies between them)")
+            elif y.shape != logits.shape or not torch.equal(y.detach(), logits.detach()):
+                reason = "its output is not the model's logits (the model changes them after it)"
+        if reason is None:
+            self._head_checked.add(self.training)
+            self.head_status = f"analytic ({self._head_name})"
+            return
+        if self._head_required:
+            raise ValueError(f"head {self._head_name!r} is not the linear layer fed by global "
+                             f"average pooling of {self.last_layer!r}: {reason}; pass head=None "
+                             "to take the last-layer gradients by autograd")
+        self._head, self.head_status = None, f"autograd ({self._head_name} refused: {reason})"
+
+    def _analytic_grads(self, classes, last):
+        """dY^c/dF_last = W[c] / (H W) (multi-hot: sum of the positive rows), N x K."""
+        w = self._head.weight
+        with torch.autocast(last.device.type, enabled=False):
+            g = w[classes] if classes.dim() == 1 else classes.to(w.dtype) @ w
+        return (g / (last.shape[2] * last.shape[3])).to(last.dtype)
+
+    @torch.compiler.disable  # autograd.grad w.r.t. hooked features: eager (model may be compiled)
+    def _gradients(self, images, targets, create_graph) -> _Grads:
+        with donated_buffer_disabled():
+            with self._tap.capture() as store:
+                logits = self.model(images)
+            inner, last = store[self.inner_layer], store[self.last_layer]
+            targets = check_targets(targets, logits, self.multilabel)
+            if self._head is not None and self.training not in self._head_checked:
+                self._check_head(last, store[self._head_name], logits)
+            others = confusers(logits, targets)
+            grads = []
+            for classes in (targets, others):
+                if self._head is None:
+                    grads.append(score_grads(logits, classes, (inner, last), create_graph))
+                else:
+                    g_inner, = score_grads(logits, classes, (inner,), create_graph)
+                    g_last = self._analytic_grads(classes, last)
+                    grads.append((g_inner, g_last if create_graph else g_last.detach()))
+        (it, lt), (ic, lc) = grads
+        return _Grads(logits, targets, others, inner, last, it, ic, lt, lc)
+
+    def _step(self, images, targets, keep_graph):
+        g = self._gradients(images, targets, self.second_order and keep_graph)
+        parts = ops.sharpen_focus_loss(
+            g.inner, g.inner_target, g.inner_confuser, g.last, g.last_target,
+            g.last_confuser, **self.loss_options)
+        cls = classification_loss(g.logits, g.targets, self.multilabel)
+        loss = cls + self.weight * parts[0]
+        return SharpenFocusStep(g.logits, loss, cls, parts[0], parts, g.confusers)
+
+    def attention_maps(self, images, targets):
+        """The four raw maps the loss is built from (float32 N x h x w, detached):
+        inner_target, inner_confuser, last_target, last_confuser."""
+        with torch.enable_grad():
+            g = self._gradients(images, targets, False)
+            maps = {"inner_target": (g.inner, g.inner_target),
+                    "inner_confuser": (g.inner, g.inner_confuser),
+                    "last_target": (g.last, g.last_target),
+                    "last_confuser": (g.last, g.last_confuser)}
+            return {k: layer_map(f, gr, self.attention).detach()
+                    for k, (f, gr) in maps.items()}

@@ -1,0 +1,55 @@
+"""Data sources for the trainer, all returning a :class:`Data`.
+
+* ``digits`` (default): scikit-learn's bundled 8x8 handwritten digits (1797 real images, no
+  download), pixel values / 16, resized bilinearly to ``image_size`` (default 32), 1 channel;
+  a fixed stratified 80/20 split (1437 train, 360 test).
+* ``cifar10`` / ``cifar100``: the standard python-pickle files (``cifar-10-batches-py`` /
+  ``cifar-100-python``) in a local folder; training crops 32x32 from the 4-pixel zero-padded
+  image and flips horizontally (He et al. 2016).
+* ``imagefolder`` (ImageNet layout ``train/``, ``val/``), ``caltech256`` (``256_ObjectCategories``,
+  ``per_class`` = 30 or 60 training images per class, the rest for test, clutter class dropped)
+  and ``cub200`` (``CUB_200_2011`` with its official split): image files through torchvision.
+* ``voc2012``: PASCAL VOC 2012 classification (``train`` / ``val`` lists of a local VOCdevkit),
+  20 classes multi-hot from the annotation XML (parsed with the standard library), images by PIL.
+* ``synthetic`` / ``synthetic-multilabel``: noise plus a bright square at a class-specific place
+  (one square per positive class); learnable in seconds, for tests and throughput runs.
+
+Modules: ``base`` (:class:`Data`, augmentation, shards), ``arrays`` (in-memory sources),
+``files`` (image-file sources). A new source is a function returning a :class:`Data` in one of
+them and an entry in ``SOURCES``.
+"""
+from __future__ import annotations
+
+import os
+
+from .arrays import cifar, digits, synthetic
+from .base import Data, first, shard
+from .files import VOC_CLASSES, caltech256, cub200, imagefolder, voc2012
+
+__all__ = ["Data", "load", "SOURCES", "VOC_CLASSES", "shard", "first"]
+
+SOURCES = {
+    "digits": digits,
+    "cifar10": lambda root=None, **kw: cifar(root, 10, **kw),
+    "cifar100": lambda root=None, **kw: cifar(root, 100, **kw),
+    "imagefolder": imagefolder,
+    "caltech256": caltech256,
+    "cub200": cub200,
+    "voc2012": voc2012,
+    "synthetic": synthetic,
+    "synthetic-multilabel": lambda **kw: synthetic(multilabel=True, **kw),
+}
+
+
+def load(name, root=None, **options) -> Data:
+    """Load source ``name`` (see the module docstring); ``root`` is its local folder.
+
+    ``options`` (image_size, seed, per_class, train_size, ...) go to the source; ``None`` values
+    are dropped so each source keeps its own defaults.
+    """
+    if name not in SOURCES:
+        raise ValueError(f"unknown data source {name!r}; choose from {sorted(SOURCES)}")
+    options = {k: v for k, v in options.items() if v is not None}
+    if root is not None:
+        options["root"] = os.fspath(root)
+    return SOURCES[name](**options)

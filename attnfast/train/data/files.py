@@ -1,0 +1,156 @@
+"""Sources read from image files: PASCAL VOC 2012 (PIL and the standard library) and, through
+torchvision, an ImageNet-style folder, Caltech-256 and CUB-200-2011."""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import torch
+from torch.utils.data import Dataset
+
+from .base import IMAGENET_MEAN, IMAGENET_STD, Data, need_dir
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+               "sheep", "sofa", "train", "tvmonitor")
+
+
+class _ImageFiles(Dataset):
+    """(path, target) pairs read with PIL as RGB, resized to size x size, uint8 C x H x W."""
+
+    def __init__(self, samples, size):
+        self.samples, self.size = samples, size
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        import numpy as np
+        from PIL import Image
+        path, target = self.samples[i]
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
+            x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return x, target
+
+
+def voc_labels(annotation_xml):
+    """Multi-hot float tensor of the 20 VOC classes present in one annotation XML file."""
+    y = torch.zeros(len(VOC_CLASSES))
+    for obj in ET.parse(annotation_xml).getroot().iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name in VOC_CLASSES:
+            y[VOC_CLASSES.index(name)] = 1.0
+    return y
+
+
+def voc2012(root, image_size=224, **_):
+    """PASCAL VOC 2012 classification: ImageSets/Main/train.txt for training, val.txt for test."""
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        raise ImportError("voc2012 needs Pillow to read JPEGs: `pip install pillow`") from None
+    hint = "the folder holding VOCdevkit/VOC2012 (JPEGImages, Annotations, ImageSets/Main)"
+    base = need_dir(root, "voc2012", hint)
+    for cand in (base / "VOCdevkit" / "VOC2012", base / "VOC2012", base):
+        if (cand / "ImageSets" / "Main" / "train.txt").is_file():
+            base = cand
+            break
+    else:
+        raise FileNotFoundError(f"voc2012: no ImageSets/Main/train.txt under {base} ({hint})")
+
+    def split(name):
+        ids = (base / "ImageSets" / "Main" / f"{name}.txt").read_text().split()
+        return _ImageFiles([(base / "JPEGImages" / f"{i}.jpg",
+                             voc_labels(base / "Annotations" / f"{i}.xml")) for i in ids],
+                           image_size)
+
+    return Data("voc2012", split("train"), split("val"), 20, 3, image_size, list(VOC_CLASSES),
+                IMAGENET_MEAN, IMAGENET_STD, multilabel=True, scale=255.0, flip=True)
+
+
+def _torchvision(what):
+    try:
+        import torchvision
+        return torchvision
+    except ImportError:
+        raise ImportError(f"the {what} source reads image folders through torchvision, which is "
+                          "not installed: `pip install torchvision` (or use digits, cifar10, "
+                          "cifar100, voc2012 or synthetic)") from None
+
+
+class _TransformedFiles(Dataset):
+    """(path, label) pairs read by ``loader`` and passed through ``transform``."""
+
+    def __init__(self, samples, transform, loader):
+        self.samples, self.transform, self.loader = samples, transform, loader
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        return self.transform(self.loader(str(path))), label
+
+
+def _file_data(name, tv, train_samples, test_samples, classes, image_size):
+    """Datasets over (path, label) lists with the usual ImageNet crops (random-resized + flip for
+    training, resize + center crop for test), as [0, 1] tensors; :meth:`Data.prepare` normalizes."""
+    t = tv.transforms
+    train_tf = t.Compose([t.RandomResizedCrop(image_size), t.RandomHorizontalFlip(), t.ToTensor()])
+    test_tf = t.Compose([t.Resize(round(image_size * 8 / 7)), t.CenterCrop(image_size),
+                         t.ToTensor()])
+    loader = tv.datasets.folder.default_loader
+    return Data(name, _TransformedFiles(train_samples, train_tf, loader),
+                _TransformedFiles(test_samples, test_tf, loader), len(classes), 3, image_size,
+                list(classes), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def imagefolder(root, image_size=224, **_):
+    """ImageNet-style tree: root/train/<class>/*, root/val/<class>/*."""
+    tv = _torchvision("imagefolder")
+    base = need_dir(root, "imagefolder", "a folder with train/<class>/ and val/<class>/")
+    for s in ("train", "val"):
+        if not (base / s).is_dir():
+            raise FileNotFoundError(f"imagefolder: {base / s} is missing")
+    tr, te = (tv.datasets.ImageFolder(str(base / s)) for s in ("train", "val"))
+    return _file_data("imagefolder", tv, tr.samples, te.samples, tr.classes, image_size)
+
+
+def caltech256(root, image_size=224, per_class=30, seed=0, **_):
+    """Caltech-256: ``per_class`` random training images per class, the rest for test."""
+    tv = _torchvision("caltech256")
+    base = need_dir(root, "caltech256", "the folder holding 256_ObjectCategories/")
+    base = base / "256_ObjectCategories" if (base / "256_ObjectCategories").is_dir() else base
+    folder = tv.datasets.ImageFolder(str(base))
+    keep = [i for i, c in enumerate(folder.classes) if "clutter" not in c]
+    g = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for new, c in enumerate(keep):
+        paths = [p for p, label in folder.samples if label == c]
+        order = torch.randperm(len(paths), generator=g).tolist()
+        train += [(paths[i], new) for i in order[:per_class]]
+        test += [(paths[i], new) for i in order[per_class:]]
+    return _file_data("caltech256", tv, train, test, [folder.classes[c] for c in keep], image_size)
+
+
+def cub200(root, image_size=448, **_):
+    """CUB-200-2011 with its official train/test split (train_test_split.txt)."""
+    tv = _torchvision("cub200")
+    hint = "the CUB_200_2011 folder (images/, images.txt, train_test_split.txt, ...)"
+    base = need_dir(root, "cub200", hint)
+    base = base / "CUB_200_2011" if (base / "CUB_200_2011").is_dir() else base
+
+    def table(name):
+        f = base / name
+        if not f.is_file():
+            raise FileNotFoundError(f"cub200: {f} is missing ({hint})")
+        return dict(line.split(maxsplit=1) for line in f.read_text().splitlines() if line.strip())
+
+    paths, labels, is_train = table("images.txt"), table("image_class_labels.txt"), \
+        table("train_test_split.txt")
+    names = table("classes.txt")
+    classes = [names[k].strip() for k in sorted(names, key=int)]
+    samples = {i: (base / "images" / p.strip(), int(labels[i]) - 1) for i, p in paths.items()}
+    train = [s for i, s in samples.items() if is_train[i].strip() == "1"]
+    test = [s for i, s in samples.items() if is_train[i].strip() != "1"]
+    return _file_data("cub200", tv, train, test, classes, image_size)

@@ -1,0 +1,152 @@
+"""One method's run: data loaders, the epoch loop, evaluation, a checkpoint and the metrics
+files after every epoch, resume."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+
+from . import checkpoints, report
+from . import data as data_mod
+from .methods import build
+from .metrics import evaluate
+from .recipes import lr_factor
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+def autocast_ctx(cfg, device):
+    if not cfg.get("amp"):
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if cfg["amp"] == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _progress(loader, show, desc):
+    if show:
+        try:
+            from tqdm import tqdm
+            return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+        except ImportError:
+            pass
+    return loader
+
+
+def train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg):
+    """One epoch; returns mean losses, images/s, seconds. Raises NonFiniteLoss."""
+    net.train()
+    totals, images, t0 = torch.zeros(3, dtype=torch.float64), 0, time.perf_counter()
+    bar = _progress(loader, show, desc)
+    for it, (x, y) in enumerate(bar):
+        x, y = data.prepare(x.to(dst.device, non_blocking=True), train=True), y.to(dst.device)
+        if cfg.get("channels_last"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        with ctx():
+            step = net(x, y)
+        vals = dst.sum(torch.stack([step.loss.detach(), step.classification_loss.detach(),
+                                    step.attention_loss.detach()]).double().cpu()) / dst.world
+        if not torch.isfinite(vals[0]):
+            raise NonFiniteLoss(f"{desc}: the loss became {vals[0].item()} at step {it + 1} "
+                                f"(classification {vals[1].item():.4g}, attention "
+                                f"{vals[2].item():.4g})")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(step.loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        totals += vals
+        images += len(x) * dst.world
+        if bar is not loader:
+            bar.set_postfix(loss=f"{vals[0].item():.3f}",
+                            img_s=f"{images / (time.perf_counter() - t0):.0f}")
+    seconds = time.perf_counter() - t0
+    steps = max(it + 1, 1) if images else 1
+    return {"train_loss": totals[0].item() / steps,
+            "train_classification_loss": totals[1].item() / steps,
+            "train_attention_loss": totals[2].item() / steps,
+            "train_images_per_s": images / max(seconds, 1e-9), "train_time_s": seconds,
+            "train_images": images}
+
+
+def loaders(cfg, data, dst):
+    """(sampler, train loader, test loader): a DistributedSampler (shuffled by seed + epoch, so a
+    resumed run draws the same order) over the global batch split across processes; the test set
+    in shards without padding. Workers: 0 for in-memory sources unless --workers says."""
+    if cfg["batch_size"] % dst.world:
+        raise SystemExit(f"--batch-size {cfg['batch_size']} must be divisible by the "
+                         f"{dst.world} processes")
+    per_rank = cfg["batch_size"] // dst.world
+    workers = cfg["workers"]
+    if workers is None:
+        base = data.train.dataset if isinstance(data.train, Subset) else data.train
+        workers = 0 if isinstance(base, TensorDataset) else min(8, os.cpu_count() or 1)
+    sampler = DistributedSampler(data.train, num_replicas=dst.world, rank=dst.rank, shuffle=True,
+                                 seed=cfg["seed"])
+    drop = len(data.train) // dst.world >= per_rank
+    loader = DataLoader(data.train, batch_size=per_rank, sampler=sampler, drop_last=drop,
+                        num_workers=workers, pin_memory=dst.device.type == "cuda",
+                        persistent_workers=workers > 0)
+    test_loader = DataLoader(data_mod.shard(data.test, dst.rank, dst.world), batch_size=per_rank,
+                             num_workers=workers)
+    return sampler, loader, test_loader
+
+
+def run(cfg, method, data, dst, log):
+    """Train one method; returns its summary dict (and keeps model/probe for pictures)."""
+    run_dir = Path(cfg["out"]) / method
+    ckpt_path = run_dir / "checkpoint.pt"
+    torch.manual_seed(cfg["seed"])
+    random.seed(cfg["seed"])
+    model, net, probe, last = build(cfg, method, data, dst)
+    raw = net
+    if dst.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[dst.device.index] if dst.device.type == "cuda" else None)
+    sampler, loader, test_loader = loaders(cfg, data, dst)
+    opt = torch.optim.SGD(raw.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                          weight_decay=cfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, len(loader)))
+    scaler = torch.amp.GradScaler(dst.device.type, enabled=cfg.get("amp") == "fp16")
+    states = {"net": raw, "optimizer": opt, "scheduler": sched, "scaler": scaler}
+    ctx = autocast_ctx(cfg, dst.device)
+    history, start = [], 0
+    if cfg.get("resume") and ckpt_path.is_file():
+        history, start = checkpoints.resume(ckpt_path, method, cfg, states, dst.rank, dst.device)
+        log(f"[{method}] resumed from {ckpt_path} at epoch {start}")
+    elif cfg.get("resume"):
+        log(f"[{method}] --resume: no checkpoint at {ckpt_path}, starting fresh")
+    show = dst.main and (cfg["progress"] if cfg.get("progress") is not None
+                         else sys.stderr.isatty())
+    stop = cfg["epochs"] if not cfg.get("stop_after") else min(cfg["epochs"],
+                                                                start + cfg["stop_after"])
+    for epoch in range(start, stop):
+        sampler.set_epoch(epoch)
+        desc = f"{method} epoch {epoch + 1}/{cfg['epochs']}"
+        lr = opt.param_groups[0]["lr"]
+        try:
+            row = train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg)
+        except NonFiniteLoss as e:
+            good = (f"the last good checkpoint {ckpt_path} (epoch {epoch}) is kept"
+                    if ckpt_path.is_file() and epoch else "no checkpoint had been written yet")
+            raise NonFiniteLoss(f"{e}; training stopped, {good}") from None
+        row = {"epoch": epoch + 1, "lr": lr, **row,
+               **{f"test_{k}": v for k, v in evaluate(probe, test_loader, data, ctx, dst).items()}}
+        history.append(row)
+        rngs = dst.gather(checkpoints.rng_state())
+        if dst.main:
+            checkpoints.save(ckpt_path, method, cfg, epoch + 1, states, rngs, history)
+            report.write_metrics(run_dir, history, report.summarize(method, history, run_dir, data))
+        dst.barrier()
+        log(report.epoch_line(desc, row, data.multilabel))
+    summary = report.summarize(method, history, run_dir, data)
+    summary.update(_model=model, _last=last)
+    return summary

@@ -1,0 +1,55 @@
+"""The model of a run and the wrapper of its method (``recipes.METHODS``): the baseline,
+Sharpen Focus or GGAM around a model from :mod:`attnfast.train.models` (or torchvision), and
+the probe that measures attention separability on every method."""
+from __future__ import annotations
+
+import torch
+
+from ..baseline import Baseline
+from ..ggam import GGAM
+from ..sharpen_focus import SharpenFocus
+from . import models
+
+
+def build(cfg, method, data, dst):
+    """(model, net, probe, last): net is the method's wrapper; probe measures attention on the
+    model; last is the name of the last supervised layer."""
+    kw = {"shortcut": cfg["shortcut"]} if cfg["shortcut"] and cfg["model"] in models.available() \
+        else {}
+    model = models.create(cfg["model"], data.num_classes, data.in_channels, **kw)
+    inner, last = getattr(model, "attention_layers", ("layer3", "layer4"))
+    inner, last = cfg.get("inner_layer") or inner, cfg.get("last_layer") or last
+    head = None if cfg["head"] == "none" else cfg["head"]
+    if dst.world > 1 and dst.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(dst.device)
+    if cfg.get("channels_last"):
+        model.to(memory_format=torch.channels_last)
+    if cfg.get("compile"):
+        if method == "sharpen-focus" and not cfg.get("first_order"):
+            raise SystemExit("--compile needs --first-order with sharpen-focus: second-order "
+                             "Sharpen Focus differentiates through the model's backward, which "
+                             "torch.compile does not support (double backward)")
+        model.compile(backend=cfg["compile_backend"])
+    sf_kw = dict(head=head, attention=cfg["attention"], multilabel=data.multilabel)
+    if method == "sharpen-focus":
+        net = SharpenFocus(model, inner, last, second_order=not cfg.get("first_order"),
+                           weight=1.0 if cfg["weight"] is None else cfg["weight"], **sf_kw)
+    elif method == "ggam":
+        layer = cfg.get("ggam_layer") or last
+        channels = getattr(model, "stage_channels", {}).get(layer)
+        if channels is None:
+            raise SystemExit(f"GGAM needs the channel count of {layer!r}; use a model from "
+                             f"attnfast.train.models ({models.available()})")
+        net = GGAM(model, layer, channels=channels, reduction=cfg["reduction"],
+                   weight=0.1 if cfg["weight"] is None else cfg["weight"],
+                   target=cfg["ggam_target"], multilabel=data.multilabel)
+        net.to(dst.device)
+    else:
+        net = Baseline(model, multilabel=data.multilabel)
+    # the probe measures separability on every method; made after GGAM, its hooks see the
+    # rescaled features that feed the rest of the network
+    probe = net if method == "sharpen-focus" else \
+        SharpenFocus(model, inner, last, second_order=False, **sf_kw)
+    return model, net, probe, last
+

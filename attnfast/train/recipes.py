@@ -1,0 +1,145 @@
+"""The run's configuration: paper recipes, command-line options and the LR schedule.
+
+:func:`configure` merges, in this order of precedence, the options given on the command line,
+the chosen recipe (``RECIPES``) and ``DEFAULTS``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from . import data as data_mod
+from . import models
+
+DESCRIPTION = ("Thin trainer for Sharpen Focus and GGAM: ``python -m attnfast.train`` / "
+               "``attnfast-train``.")
+METHODS = ("baseline", "sharpen-focus", "ggam")
+
+# Paper recipes (Sharpen Focus Sec. 4; He et al. 2016 for CIFAR-10). Values a paper leaves open
+# (noted "assumed") are ordinary choices for that setting.
+RECIPES = {
+    "digits": dict(data="digits", model="resnet20", epochs=8, batch_size=64, lr=0.05,
+                   momentum=0.9, weight_decay=5e-4, schedule="cosine"),
+    "cifar10-resnet20": dict(data="cifar10", model="resnet20", epochs=164, batch_size=128, lr=0.1,
+                             momentum=0.9, weight_decay=1e-4, schedule="step",
+                             milestones=(82, 123)),
+    "cifar100-resnet110": dict(data="cifar100", model="resnet110", epochs=160, batch_size=128,
+                               lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="step",
+                               milestones=(81, 122)),
+    "imagenet-resnet18": dict(data="imagefolder", model="resnet18", epochs=90, batch_size=256,
+                              lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="step",
+                              milestones=(30, 60)),
+    "caltech256-resnet18": dict(data="caltech256", model="resnet18", epochs=20,
+                                batch_size=64,  # assumed
+                                lr=0.01, momentum=0.9, weight_decay=1e-3, schedule="cosine"),
+    "voc2012-resnet18": dict(data="voc2012", model="resnet18", epochs=20,
+                             batch_size=64,  # assumed
+                             lr=0.01, momentum=0.9, weight_decay=1e-3, schedule="cosine"),
+    "cub200-resnet50": dict(data="cub200", model="resnet50", epochs=90, batch_size=10, lr=0.001,
+                            momentum=0.9, weight_decay=1e-4,  # assumed
+                            schedule="step", milestones=(30, 60), image_size=448),
+}
+DEFAULTS = dict(schedule="cosine", milestones=(), warmup_epochs=0.0, momentum=0.9,
+                weight_decay=5e-4, image_size=None, attention="pixel", weight=None, head="auto",
+                reduction=16, ggam_target="predicted", seed=0, workers=None, pictures=6,
+                shortcut=None, per_class=30, compile_backend="inductor", device="auto")
+
+
+# ----------------------------------------------------------------------------- options
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="attnfast-train", description=DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--method", default=None, help="baseline | sharpen-focus | ggam, or a comma list")
+    a("--compare", action="store_true",
+      help="train the baseline too and compare (without --method: baseline and sharpen-focus, "
+           "which is also the default)")
+    a("--recipe", default="digits", choices=sorted(RECIPES), help="paper recipe by name")
+    a("--data", choices=sorted(data_mod.SOURCES), help="data source (default: the recipe's)")
+    a("--data-dir", help="local folder of the data source")
+    a("--image-size", type=int)
+    a("--per-class", type=int, help="caltech256: training images per class (30 or 60)")
+    a("--train-size", type=int, help="use the first N training images (synthetic: generate N)")
+    a("--test-size", type=int, help="use the first N test images (synthetic: generate N)")
+    a("--model", help=f"{models.available()} or a torchvision model name")
+    a("--shortcut", choices=("A", "B"), help="ResNet shortcut option (CIFAR default A, else B)")
+    a("--epochs", type=int)
+    a("--batch-size", type=int, help="global batch; differing from the recipe's scales the LR "
+                                     "linearly and warms up 5 epochs (Goyal et al.)")
+    a("--lr", type=float)
+    a("--momentum", type=float)
+    a("--weight-decay", type=float)
+    a("--schedule", choices=("step", "cosine", "constant"))
+    a("--milestones", type=lambda s: tuple(int(v) for v in s.split(",") if v),
+      help="epochs where a step schedule divides the LR by 10, e.g. 81,122")
+    a("--warmup-epochs", type=float)
+    a("--attention", choices=("pixel", "channel", "gradcam"))
+    a("--first-order", action="store_true", help="treat attention gradients as constants")
+    a("--weight", type=float, help="weight of the attention loss (default: 1 for sharpen-focus "
+                                    "as in Eq. 9; 0.1 for ggam, whose symmetric KL starts near "
+                                    "C/2 log(C/2) and otherwise swamps the classification)")
+    a("--inner-layer")
+    a("--last-layer")
+    a("--head", help="'auto', 'none' or the name of the nn.Linear fed by GAP of the last layer")
+    a("--ggam-layer", help="layer after which GGAM's module sits (default: the last stage)")
+    a("--reduction", type=int, help="GGAM SE reduction")
+    a("--ggam-target", choices=("predicted", "label"))
+    a("--amp", choices=("bf16", "fp16"), help="autocast dtype (fp16 adds a grad scaler)")
+    a("--channels-last", action="store_true")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--compile-backend", help="torch.compile backend")
+    a("--device", help="auto | cpu | cuda")
+    a("--workers", type=int, help="DataLoader worker processes (default: 0 for in-memory "
+                                  "sources, else up to 8)")
+    a("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    a("--seed", type=int)
+    a("--out", help="output folder (default runs/<data>)")
+    a("--resume", action="store_true", help="continue from <out>/<method>/checkpoint.pt")
+    a("--stop-after", type=int, help="stop after this many epochs in this invocation "
+                                     "(a planned interruption; resume later with --resume)")
+    a("--pictures", type=int, help="test images in the attention pictures (0: none)")
+    a("--progress", action=argparse.BooleanOptionalAction, default=None,
+      help="progress bar (default: when stderr is a terminal)")
+    return p.parse_args(argv)
+
+
+def configure(args) -> dict:
+    """Recipe values, overridden by explicit options, then DEFAULTS; linear LR scaling when the
+    batch differs from the recipe's and no --lr is given."""
+    recipe = RECIPES[args.recipe]
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    cfg = {**DEFAULTS, **recipe, **given}
+    cfg["base_lr"] = recipe["lr"]
+    if "batch_size" in given and "lr" not in given and given["batch_size"] != recipe["batch_size"]:
+        cfg["lr"] = recipe["lr"] * given["batch_size"] / recipe["batch_size"]
+        if "warmup_epochs" not in given and given["batch_size"] > recipe["batch_size"]:
+            cfg["warmup_epochs"] = 5.0
+    methods = [m.strip() for m in (cfg.get("method") or "baseline,sharpen-focus").split(",")]
+    if cfg.get("compare"):
+        methods = list(dict.fromkeys(["baseline", *methods]))
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise SystemExit(f"unknown method(s) {bad}; choose from {METHODS}")
+    cfg["methods"] = methods
+    cfg["out"] = cfg.get("out") or f"runs/{cfg['data']}"
+    cfg["milestones"] = tuple(cfg["milestones"])
+    return cfg
+
+
+def lr_factor(cfg, steps_per_epoch):
+    """LR multiplier after ``it`` optimizer steps: linear warm-up times step (/10 at each
+    milestone epoch), cosine (to 0 at the last step) or constant decay."""
+    total, warm = cfg["epochs"] * steps_per_epoch, cfg["warmup_epochs"] * steps_per_epoch
+
+    def factor(it):
+        if cfg["schedule"] == "cosine":
+            decay = 0.5 * (1 + math.cos(math.pi * min(it / max(total, 1), 1.0)))
+        elif cfg["schedule"] == "step":
+            decay = 0.1 ** sum(it // steps_per_epoch >= m for m in cfg["milestones"])
+        else:
+            decay = 1.0
+        return decay * (min(1.0, (it + 1) / warm) if warm > 0 else 1.0)
+    return factor
+
