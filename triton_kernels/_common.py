@@ -116,6 +116,25 @@ def launch_per_sample(kernel, n, hw, *args, **constexprs):
                               num_warps=warps)
 
 
+def per_sample_loss(kernel, inputs, grad, length, *scalars, **constexprs):
+    """A per-sample value of N x ``length`` inputs (soft-IoU, consistency, GGAM's KL) by
+    ``kernel``, whose arguments are: the inputs, the upstream gradient, the output, one gradient
+    per input, length, ``scalars``, GRAD and ``constexprs``. Forward (grad None): the N values
+    in the first input's dtype; backward: the gradient of each input for grad = dL/dvalue (N).
+    An input given as None (an absent optional one) is neither read nor given a gradient."""
+    first = inputs[0]
+    n = first.shape[0]
+    out = torch.empty(n, device=first.device, dtype=first.dtype)
+    grads = [None] * len(inputs) if grad is None else [
+        None if t is None else torch.empty_like(t) for t in inputs]
+    if launchable(*[t for t in inputs if t is not None]):
+        ptrs = [first if t is None else t for t in (*inputs, *grads)]
+        launch_per_sample(kernel, n, length, *ptrs[:len(inputs)], out if grad is None else grad,
+                          out, *ptrs[len(inputs):], length, *scalars, GRAD=grad is not None,
+                          **constexprs)
+    return out if grad is None else tuple(grads)
+
+
 # Tile shapes tried for the big N x K x pixel kernels (1024 elements on 4 warps, 2048 on 8: at
 # most ~8 elements per thread and tensor, so the backward's six tiles fit in registers); the
 # interpreter runs one small tile (it is slow, and the result does not depend on the tile).

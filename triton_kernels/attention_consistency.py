@@ -3,12 +3,11 @@
 Backward, C = sum A M, E = sum A + eps: dA = g (C / E^2 - M / E), dM = -g A / E.
 One program per sample; the maps stay in registers up to MAP_TILE pixels.
 """
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import launch_per_sample, launchable, register
+from ._common import per_sample_loss, register
 from ._maps import consistency_grads, load_map, map_chunk, map_tile
 
 
@@ -49,14 +48,7 @@ def _consistency_kernel(a_ptr, m_ptr, g_ptr, out_ptr, da_ptr, dm_ptr, HW, alpha,
 def _launch(attn, mask, alpha, eps, grad):
     """attention_consistency (grad None) or its two input gradients."""
     n, h, w = attn.shape
-    out = torch.empty(n, device=attn.device, dtype=attn.dtype)
-    grads = [] if grad is None else [torch.empty_like(attn), torch.empty_like(mask)]
-    if launchable(attn, mask):
-        dst = [attn, attn] if grad is None else grads
-        launch_per_sample(_consistency_kernel, n, h * w, attn, mask,
-                          out if grad is None else grad, out, *dst, h * w, alpha, eps,
-                          GRAD=grad is not None)
-    return out if grad is None else tuple(grads)
+    return per_sample_loss(_consistency_kernel, (attn, mask), grad, h * w, alpha, eps)
 
 
 @register

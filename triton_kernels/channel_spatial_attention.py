@@ -17,7 +17,7 @@ from ._attention_pass import Side, attention_grads, attention_maps
 from ._common import (MAP, VEC, big_autotune, big_strides, launch_per_sample, launchable,
                       num_splits, register, shared_layout)
 from ._maps import load_map, map_chunk, map_tile
-from ._reduce import channel_block_program, offsets_like, tile_offsets
+from ._reduce import channel_block_program, load_tile, offsets_like
 
 
 @triton.jit
@@ -79,12 +79,10 @@ def _scale_pixels_kernel(a_ptr, a_sn, a_sk, a_sp, t_ptr, d_ptr, d_sn, d_sk, d_sp
     for p0 in range(p_lo, p_hi, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         pmask = p < p_hi
-        mask = kmask[:, None] & pmask[None, :]
-        off = tile_offsets(a_sn, a_sk, a_sp, n, k, p)
-        a = tl.load(a_ptr + off, mask=mask, other=0.0)
+        mask, off, a = load_tile(a_ptr, a_sn, a_sk, a_sp, n, k, kmask, p, pmask)
         t = tl.load(t_ptr + n * HW + p, mask=pmask, other=0.0)
-        tl.store(d_ptr + offsets_like(off, d_sn, d_sk, d_sp, n, k, p, SHARED),
-                 a.to(tl.float32) * t[None, :], mask=mask)
+        tl.store(d_ptr + offsets_like(off, d_sn, d_sk, d_sp, n, k, p, SHARED), a * t[None, :],
+                 mask=mask)
 
 
 @register

@@ -7,12 +7,11 @@ Backward for upstream g[n] (clamp passes where x >= eps):
   dbeta_k = s_k (1 - s_k) (dq_k - sum_j dq_j q_j) / sum_j s_j.
 One program per sample over the K channels (one tile up to MAP_TILE channels).
 """
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import launch_per_sample, launchable, register
+from ._common import per_sample_loss, register
 from ._maps import load_map, map_chunk, map_tile
 
 
@@ -71,16 +70,8 @@ def _ggam_kernel(p_ptr, beta_ptr, g_ptr, out_ptr, dp_ptr, dbeta_ptr, K, eps,
 
 def _launch(channel_weights, gradcam_weights, eps, grad):
     """ggam_loss (grad None) or its two input gradients."""
-    n, k = channel_weights.shape
-    out = torch.empty(n, device=channel_weights.device, dtype=channel_weights.dtype)
-    grads = [] if grad is None else [torch.empty_like(channel_weights),
-                                     torch.empty_like(gradcam_weights)]
-    if launchable(channel_weights, gradcam_weights):
-        dst = [out, out] if grad is None else grads
-        launch_per_sample(_ggam_kernel, n, k, channel_weights, gradcam_weights,
-                          out if grad is None else grad, out, *dst, k, eps,
-                          GRAD=grad is not None)
-    return out if grad is None else tuple(grads)
+    return per_sample_loss(_ggam_kernel, (channel_weights, gradcam_weights), grad,
+                           channel_weights.shape[1], eps)
 
 
 @register

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import launch_per_sample, launchable, register
+from ._common import per_sample_loss, register
 from ._maps import iou_grads, load_map, map_chunk, map_tile
 
 
@@ -62,15 +62,9 @@ def _launch(attn_a, attn_b, mask, eps, grad):
     """soft_iou (grad None) or its three input gradients."""
     n, h, w = attn_a.shape
     has_mask = mask.numel() != 0
-    out = torch.empty(n, device=attn_a.device, dtype=attn_a.dtype)
-    grads = [] if grad is None else [torch.empty_like(t) for t in (attn_a, attn_b, mask)]
-    if launchable(attn_a, attn_b):
-        dst = [attn_a] * 3 if grad is None else grads[:2] + [grads[2] if has_mask else attn_a]
-        launch_per_sample(
-            _soft_iou_kernel, n, h * w, attn_a, attn_b, mask if has_mask else attn_a,
-            out if grad is None else grad, out, *dst, h * w, eps, HAS_MASK=has_mask,
-            GRAD=grad is not None)
-    return out if grad is None else tuple(grads)
+    res = per_sample_loss(_soft_iou_kernel, (attn_a, attn_b, mask if has_mask else None), grad,
+                          h * w, eps, HAS_MASK=has_mask)
+    return res if grad is None or has_mask else (*res[:2], torch.empty_like(mask))
 
 
 @register
