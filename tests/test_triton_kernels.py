@@ -40,10 +40,10 @@ def _load(name, path, package=False):
 
 tk = _load("attnfast.triton_kernels", ROOT / "triton_kernels" / "__init__.py", package=True)
 ref = _load("attnfast.reference", ROOT / "attnfast" / "reference.py")
-SCHEMAS = _load("attnfast._schema", ROOT / "attnfast" / "_schema.py").SCHEMAS
+schema = _load("attnfast._schema", ROOT / "attnfast" / "_schema.py")
+SCHEMAS, KIND = schema.SCHEMAS, schema.KIND_CODES
 common = sys.modules[tk.__name__ + "._common"]
 ops = torch.ops.attnfast_triton
-KIND = {"pixel": 0, "channel": 1, "gradcam": 2}
 EPS = 1e-6
 
 

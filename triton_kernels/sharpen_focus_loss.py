@@ -20,9 +20,9 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
-from ._attention_pass import Side, attention_grads, attention_maps
 from attnfast._schema import KIND_CODES
 
+from ._attention_pass import Side, attention_grads, attention_maps
 from ._common import MAP, RELU_VEC, VEC, launchable, map_block, register
 from ._maps import (consistency_grads, iou_grads, load_map, map_chunk, map_tile, mask_at,
                     max_count, norm_den, norm_grad, resize_args, sigmoid_mask, tie_sums)
