@@ -36,6 +36,7 @@ def map_chunk(tile, LOAD: tl.constexpr, src, start, offs, ONE_TILE: tl.constexpr
     A loader is a jit function (src, start, offs, OPT1, OPT2) -> tuple of values at those pixels
     (maps, their validity, anything derived from them); ``src`` is a tuple of the runtime values
     it needs, OPT1 and OPT2 its compile-time options (a tuple cannot carry constexprs).
+    Passing a jit function to a jit function needs Triton >= 3.3 (triton-lang/triton#5723).
     """
     if ONE_TILE:
         values = tile
