@@ -40,10 +40,10 @@ def _load(name, path, package=False):
 
 tk = _load("attnfast.triton_kernels", ROOT / "triton_kernels" / "__init__.py", package=True)
 ref = _load("attnfast.reference", ROOT / "attnfast" / "reference.py")
-SCHEMAS = _load("attnfast._schema", ROOT / "attnfast" / "_schema.py").SCHEMAS
+schema = _load("attnfast._schema", ROOT / "attnfast" / "_schema.py")
+SCHEMAS, KIND = schema.SCHEMAS, schema.KIND_CODES
 common = sys.modules[tk.__name__ + "._common"]
 ops = torch.ops.attnfast_triton
-KIND = {"pixel": 0, "channel": 1, "gradcam": 2}
 EPS = 1e-6
 
 
@@ -353,29 +353,32 @@ jobs = [(ap._attention_maps_kernel, dict(T_MODE=1, C_MODE=1, RELU=True, PARTIAL=
                                                   BLOCK_OUT=256))]
 for one in (True, False):
     tile = dict(BLOCK=64 if one else 4096, ONE_TILE=one)
-    jobs += [(mod("normalize_attention")._normalize_kernel, dict(GRAD=True, **tile)),
+    jobs += [(mod("normalize_attention")._normalize_kernel, tile),
+             (mod("normalize_attention")._normalize_grad_kernel,
+              dict(RESIZE=True, HAS_B=True, ACCUMULATE=True, **tile)),
              (mod("attention_consistency")._consistency_kernel, dict(GRAD=True, **tile)),
              (mod("ggam_loss")._ggam_kernel, dict(GRAD=True, **tile)),
              (mod("channel_spatial_attention")._spatial_kernel, dict(GRAD=True, **tile)),
+             (mod("channel_spatial_attention")._spatial_kernel, dict(GRAD=False, **tile)),
              (mod("soft_iou")._soft_iou_kernel, dict(GRAD=True, HAS_MASK=True, **tile)),
-             (mod("soft_mask")._mask_source_grad_kernel,
-              dict(RESIZE=True, HAS_B=True, ACCUMULATE=True, **tile)),
+             (mod("soft_iou")._soft_iou_kernel, dict(GRAD=False, HAS_MASK=False, **tile)),
              (mod("sharpen_focus_loss")._sharpen_focus_maps_kernel,
               dict(NORMALIZE=True, RESIZE=True, GRAD=True, MASK_GRAD=True, BLOCK_I=tile["BLOCK"],
                    BLOCK_L=64 if one else 1024, ONE_TILE=one))]
-for fn, consts in jobs:
-    fn = fn.fn if isinstance(fn, Autotuner) else fn
-    signature = {arg: arg_type(arg, consts) for arg in fn.arg_names}
-    triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts),
-                   target=GPUTarget("cuda", 90, 32))
-print("compiled", len(jobs))
+for arch in (90, 80):
+    for fn, consts in jobs:
+        fn = fn.fn if isinstance(fn, Autotuner) else fn
+        signature = {arg: arg_type(arg, consts) for arg in fn.arg_names}
+        triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts),
+                       target=GPUTarget("cuda", arch, 32))
+print("compiled", len(jobs), "kernels for sm_90 and sm_80")
 '''
 
 
 @pytest.mark.slow
 def test_kernels_compile_for_sm90():
-    """Every kernel (main constexpr variants) compiles for sm_90 ahead of time: no GPU needed,
-    catches what the interpreter lets through (loop-carried types, layouts)."""
+    """Every kernel (main constexpr variants) compiles for sm_90 and sm_80 ahead of time: no GPU
+    needed, catches what the interpreter lets through (loop-carried types, layouts)."""
     import subprocess
     if importlib.util.find_spec("triton.backends.nvidia") is None:
         pytest.skip("Triton's NVIDIA backend (its compiler for sm_90) is not installed")

@@ -21,8 +21,8 @@ from torch.library import wrap_triton
 
 from ._common import (MAP, NONE, RELU_VEC, acc_dtype, big_autotune, big_strides, launchable,
                       num_splits, shared_layout, vec_strides)
-from ._reduce import (channel_block_program, load_weights, offsets_like, relu, sum_splits,
-                      tile_offsets, workspace)
+from ._reduce import (channel_block_program, load_tile, load_weights, offsets_like, relu,
+                      sum_splits, workspace)
 
 _MAP: tl.constexpr = tl.constexpr(MAP)
 _NONE: tl.constexpr = tl.constexpr(NONE)
@@ -90,9 +90,7 @@ def _attention_maps_kernel(f_ptr, f_sn, f_sk, f_sp,
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         kmask = k < k_hi
-        mask = kmask[:, None] & pmask[None, :]
-        off = tile_offsets(f_sn, f_sk, f_sp, n, k, p)
-        f = tl.load(f_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        mask, off, f = load_tile(f_ptr, f_sn, f_sk, f_sp, n, k, kmask, p, pmask)
         acc_t += _times_side(f, off, t_ptr, t_sn, t_sk, t_sp, n, k, p, mask, kmask, T_MODE, SHARED)
         if C_MODE != _NONE:
             acc_c += _times_side(f, off, c_ptr, c_sn, c_sk, c_sp, n, k, p, mask, kmask, C_MODE,
@@ -191,9 +189,7 @@ def _attention_grads_kernel(f_ptr, f_sn, f_sk, f_sp, df_ptr, df_sn, df_sk, df_sp
     for p0 in range(p_lo, p_hi, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         pmask = p < p_hi
-        mask = kmask[:, None] & pmask[None, :]
-        off = tile_offsets(f_sn, f_sk, f_sp, n, k, p)
-        f = tl.load(f_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        mask, off, f = load_tile(f_ptr, f_sn, f_sk, f_sp, n, k, kmask, p, pmask)
         e_t = _map_grad(t_dm, t_m, t_scale, n, p, pmask, HW, RELU)
         df = _grad_side(f, off, e_t, w_t, t_ptr, t_sn, t_sk, t_sp, t_dx, t_dx_sn, t_dx_sk,
                         t_dx_sp, n, k, p, mask, T_MODE, WRITE_DX, SHARED)

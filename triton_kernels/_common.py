@@ -11,7 +11,7 @@ import os
 import torch
 import triton
 from torch._library import triton as _torch_triton
-from torch.library import triton_op
+from torch.library import triton_op, wrap_triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -24,9 +24,8 @@ MAP_TILE = 4096
 # count (tests set it to force splits on tiny shapes).
 TUNING = {"programs_per_sm": 4, "min_chunk": 64, "target_programs": None}
 
-# `kind` codes of sharpen_focus_loss (attnfast._schema.KIND_CODES); side modes of the big
-# kernels (see _attention_pass).
-PIXEL, CHANNEL, GRADCAM = 0, 1, 2
+# Side modes of the big kernels (see _attention_pass). The `kind` codes of sharpen_focus_loss
+# are attnfast._schema.KIND_CODES.
 NONE, MAP, VEC, RELU_VEC = 0, 1, 2, 3
 
 
@@ -107,6 +106,33 @@ def map_block(hw):
     """(BLOCK, ONE_TILE, num_warps) of a per-sample program over a map of ``hw`` pixels."""
     block = min(triton.next_power_of_2(max(int(hw), 1)), MAP_TILE)
     return block, hw <= block, (8 if block >= 2048 else 4 if block >= 256 else 1)
+
+
+def launch_per_sample(kernel, n, hw, *args, **constexprs):
+    """Launch ``kernel`` with one program per sample (grid (n,)) over maps of ``hw`` pixels
+    (or channels), with BLOCK, ONE_TILE and num_warps of ``map_block(hw)``."""
+    block, one_tile, warps = map_block(hw)
+    wrap_triton(kernel)[(n,)](*args, **constexprs, BLOCK=block, ONE_TILE=one_tile,
+                              num_warps=warps)
+
+
+def per_sample_loss(kernel, inputs, grad, length, *scalars, **constexprs):
+    """A per-sample value of N x ``length`` inputs (soft-IoU, consistency, GGAM's KL) by
+    ``kernel``, whose arguments are: the inputs, the upstream gradient, the output, one gradient
+    per input, length, ``scalars``, GRAD and ``constexprs``. Forward (grad None): the N values
+    in the first input's dtype; backward: the gradient of each input for grad = dL/dvalue (N).
+    An input given as None (an absent optional one) is neither read nor given a gradient."""
+    first = inputs[0]
+    n = first.shape[0]
+    out = torch.empty(n, device=first.device, dtype=first.dtype)
+    grads = [None] * len(inputs) if grad is None else [
+        None if t is None else torch.empty_like(t) for t in inputs]
+    if launchable(*[t for t in inputs if t is not None]):
+        ptrs = [first if t is None else t for t in (*inputs, *grads)]
+        launch_per_sample(kernel, n, length, *ptrs[:len(inputs)], out if grad is None else grad,
+                          out, *ptrs[len(inputs):], length, *scalars, GRAD=grad is not None,
+                          **constexprs)
+    return out if grad is None else tuple(grads)
 
 
 # Tile shapes tried for the big N x K x pixel kernels (1024 elements on 4 warps, 2048 on 8: at

@@ -1,14 +1,48 @@
-"""Device helpers of the per-sample map programs (normalize, soft mask, soft-IoU, consistency).
+"""Device helpers of the per-sample map programs (normalize, soft mask, soft-IoU, consistency,
+the fused loss's map math, GGAM's per-sample parts).
 
-A map is N x H x W float32, contiguous; one program owns one sample n. A map of at most
-``_common.MAP_TILE`` pixels is one register tile (loaded once, ``ONE_TILE``); a larger one is
-walked in chunks of BLOCK pixels, once per pass. Subgradients follow attnfast.reference:
-ties at a map's max share its gradient evenly (torch.amax), ties of min(a, b) split it 1/2-1/2,
-the clamp of the max at 0 passes the gradient where max >= 0.
+A map is N x H x W float32, contiguous; one program owns one sample n and makes a few passes
+over it. A map of at most ``_common.MAP_TILE`` pixels is one register tile (``ONE_TILE``):
+loaded once, before the passes, by ``map_tile``; a larger one is walked in chunks of BLOCK
+pixels, once per pass. Each pass asks ``map_chunk`` for its chunk, which returns the cached tile
+or loads the chunk now, so a kernel reads the same whatever the map's size.
+Subgradients follow attnfast.reference: ties at a map's max share its gradient evenly
+(torch.amax), ties of min(a, b) split it 1/2-1/2, the clamp of the max at 0 passes the gradient
+where max >= 0.
 """
 import numpy as np
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def map_tile(LOAD: tl.constexpr, src, offs, ONE_TILE: tl.constexpr,
+             OPT1: tl.constexpr = False, OPT2: tl.constexpr = False):
+    """The whole map as one register tile, ``LOAD(src, 0, offs, OPT1, OPT2)``, when ONE_TILE;
+    else 0 (a placeholder that ``map_chunk`` never reads)."""
+    if ONE_TILE:
+        tile = LOAD(src, 0, offs, OPT1, OPT2)
+    else:
+        tile = 0
+    return tile
+
+
+@triton.jit
+def map_chunk(tile, LOAD: tl.constexpr, src, start, offs, ONE_TILE: tl.constexpr,
+              OPT1: tl.constexpr = False, OPT2: tl.constexpr = False):
+    """The values of a pass at pixels start + offs: the cached ``tile`` (from ``map_tile``) when
+    the map is ONE_TILE, else loaded now by ``LOAD(src, start, offs, OPT1, OPT2)``.
+
+    A loader is a jit function (src, start, offs, OPT1, OPT2) -> tuple of values at those pixels
+    (maps, their validity, anything derived from them); ``src`` is a tuple of the runtime values
+    it needs, OPT1 and OPT2 its compile-time options (a tuple cannot carry constexprs).
+    Passing a jit function to a jit function needs Triton >= 3.3 (triton-lang/triton#5723).
+    """
+    if ONE_TILE:
+        values = tile
+    else:
+        values = LOAD(src, start, offs, OPT1, OPT2)
+    return values
 
 
 @triton.jit
@@ -18,6 +52,26 @@ def load_map(ptr, n, start, offs, HW):
     valid = p < HW
     x = tl.load(ptr + n * HW + p, mask=valid, other=0.0).to(tl.float32)
     return x, valid
+
+
+@triton.jit
+def map_values(src, start, offs, OPT1: tl.constexpr, OPT2: tl.constexpr):
+    """Loader (see map_chunk) of one map, src = (ptr, n, HW): (x, valid)."""
+    ptr, n, HW = src
+    return load_map(ptr, n, start, offs, HW)
+
+
+@triton.jit
+def map_max(tile, src, offs, BLOCK: tl.constexpr, ONE_TILE: tl.constexpr):
+    """(max, number of pixels at the max) of the map src = (ptr, n, HW), one pass;
+    ``tile``: ``map_tile(map_values, src, offs, ONE_TILE)``."""
+    HW = src[2]
+    mx = -float("inf")
+    cnt = 0.0
+    for start in range(0, HW, BLOCK):
+        x, valid = map_chunk(tile, map_values, src, start, offs, ONE_TILE)
+        mx, cnt = max_count(x, valid, mx, cnt)
+    return mx, cnt
 
 
 @triton.jit

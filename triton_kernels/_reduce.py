@@ -26,6 +26,15 @@ def tile_offsets(sn, sk, sp, n, k, p):
 
 
 @triton.jit
+def load_tile(x_ptr, sn, sk, sp, n, k, kmask, p, pmask):
+    """(mask, offsets, X[n, k, p] as float32) of a [BLOCK_K, BLOCK_P] tile of channels k
+    (valid where kmask) by pixels p (valid where pmask); 0 outside the mask."""
+    mask = kmask[:, None] & pmask[None, :]
+    off = tile_offsets(sn, sk, sp, n, k, p)
+    return mask, off, tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def offsets_like(off, sn, sk, sp, n, k, p, SHARED: tl.constexpr):
     """Offsets of a tensor: ``off`` (those of F) when every big tensor of the kernel has F's
     strides (SHARED, the usual case: one offset tile instead of one per tensor), else its own."""

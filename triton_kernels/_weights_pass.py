@@ -13,8 +13,8 @@ from torch.library import wrap_triton
 
 from ._common import (acc_dtype, big_autotune, big_strides, launchable, num_splits,
                       shared_layout)
-from ._reduce import (channel_block_program, offsets_like, relu, sum_splits, tile_offsets,
-                      workspace)
+from ._reduce import (channel_block_program, load_tile, offsets_like, relu, sum_splits,
+                      tile_offsets, workspace)
 
 
 @big_autotune(key=["K", "HW", "g_sk", "g_sp", "POSITIVE"])
@@ -27,9 +27,7 @@ def _channel_means_kernel(g_ptr, g_sn, g_sk, g_sp, out_ptr, K, HW, p_chunk, scal
     acc = tl.zeros([BLOCK_K, BLOCK_P], tl.float32)
     for p0 in range(p_lo, p_hi, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
-        mask = kmask[:, None] & (p < p_hi)[None, :]
-        g = tl.load(g_ptr + tile_offsets(g_sn, g_sk, g_sp, n, k, p), mask=mask, other=0.0)
-        g = g.to(tl.float32)
+        g = load_tile(g_ptr, g_sn, g_sk, g_sp, n, k, kmask, p, p < p_hi)[2]
         if POSITIVE:
             g = relu(g)
         acc += g

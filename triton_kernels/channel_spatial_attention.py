@@ -14,10 +14,24 @@ from torch import Tensor
 from torch.library import wrap_triton
 
 from ._attention_pass import Side, attention_grads, attention_maps
-from ._common import (MAP, VEC, big_autotune, big_strides, launchable, map_block, num_splits,
-                      register, shared_layout)
-from ._maps import load_map
-from ._reduce import channel_block_program, offsets_like, tile_offsets
+from ._common import (MAP, VEC, big_autotune, big_strides, launch_per_sample, launchable,
+                      num_splits, register, shared_layout)
+from ._maps import load_map, map_chunk, map_tile
+from ._reduce import channel_block_program, load_tile, offsets_like
+
+
+@triton.jit
+def _spatial_chunk(src, start, offs, GRAD: tl.constexpr, OPT2: tl.constexpr):
+    """Loader (see _maps.map_chunk): (u, valid, h = dT + r, T) at pixels start + offs (GRAD;
+    the forward reads u only and returns it in place of h and T)."""
+    u_ptr, dt_ptr, r_ptr, t_ptr, n, HW = src
+    u, valid = load_map(u_ptr, n, start, offs, HW)
+    h = u
+    t = u
+    if GRAD:
+        h = load_map(dt_ptr, n, start, offs, HW)[0] + load_map(r_ptr, n, start, offs, HW)[0]
+        t = load_map(t_ptr, n, start, offs, HW)[0]
+    return u, valid, h, t
 
 
 @triton.jit
@@ -26,37 +40,19 @@ def _spatial_kernel(u_ptr, dt_ptr, r_ptr, t_ptr, out_ptr, HW, eps, GRAD: tl.cons
     """out = T = u / (sum u + eps) (forward), or (GRAD) du from h = dT + r and the forward T."""
     n = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
-    if ONE_TILE:
-        u_c, valid_c = load_map(u_ptr, n, 0, offs, HW)
-        if GRAD:
-            h_c = load_map(dt_ptr, n, 0, offs, HW)[0] + load_map(r_ptr, n, 0, offs, HW)[0]
-            t_c = load_map(t_ptr, n, 0, offs, HW)[0]
+    src = (u_ptr, dt_ptr, r_ptr, t_ptr, n, HW)
+    tile = map_tile(_spatial_chunk, src, offs, ONE_TILE, GRAD)
     total = 0.0
     sum_ht = 0.0
     for start in range(0, HW, BLOCK):
-        if ONE_TILE:
-            u = u_c
-        else:
-            u = load_map(u_ptr, n, start, offs, HW)[0]
+        u, valid, h, t = map_chunk(tile, _spatial_chunk, src, start, offs, ONE_TILE, GRAD)
         total += tl.sum(u, axis=0)
         if GRAD:
-            if ONE_TILE:
-                h, t = h_c, t_c
-            else:
-                h = load_map(dt_ptr, n, start, offs, HW)[0] + load_map(r_ptr, n, start, offs, HW)[0]
-                t = load_map(t_ptr, n, start, offs, HW)[0]
             sum_ht += tl.sum(h * t, axis=0)
     den = total + eps
     for start in range(0, HW, BLOCK):
-        if ONE_TILE:
-            u, valid = u_c, valid_c
-        else:
-            u, valid = load_map(u_ptr, n, start, offs, HW)
+        u, valid, h, t = map_chunk(tile, _spatial_chunk, src, start, offs, ONE_TILE, GRAD)
         if GRAD:
-            if ONE_TILE:
-                h = h_c
-            else:
-                h = load_map(dt_ptr, n, start, offs, HW)[0] + load_map(r_ptr, n, start, offs, HW)[0]
             v = (h - sum_ht) / den
         else:
             v = u / den
@@ -67,11 +63,10 @@ def _spatial(u, eps, grad_spatial=None, r=None, spatial=None):
     out = torch.empty_like(u)
     n, h, w = u.shape
     if launchable(u):
-        block, one_tile, warps = map_block(h * w)
         grad = grad_spatial is not None
-        wrap_triton(_spatial_kernel)[(n,)](
-            u, grad_spatial if grad else u, r if grad else u, spatial if grad else u, out,
-            h * w, eps, GRAD=grad, BLOCK=block, ONE_TILE=one_tile, num_warps=warps)
+        launch_per_sample(
+            _spatial_kernel, n, h * w, u, grad_spatial if grad else u, r if grad else u,
+            spatial if grad else u, out, h * w, eps, GRAD=grad)
     return out
 
 
@@ -84,12 +79,10 @@ def _scale_pixels_kernel(a_ptr, a_sn, a_sk, a_sp, t_ptr, d_ptr, d_sn, d_sk, d_sp
     for p0 in range(p_lo, p_hi, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         pmask = p < p_hi
-        mask = kmask[:, None] & pmask[None, :]
-        off = tile_offsets(a_sn, a_sk, a_sp, n, k, p)
-        a = tl.load(a_ptr + off, mask=mask, other=0.0)
+        mask, off, a = load_tile(a_ptr, a_sn, a_sk, a_sp, n, k, kmask, p, pmask)
         t = tl.load(t_ptr + n * HW + p, mask=pmask, other=0.0)
-        tl.store(d_ptr + offsets_like(off, d_sn, d_sk, d_sp, n, k, p, SHARED),
-                 a.to(tl.float32) * t[None, :], mask=mask)
+        tl.store(d_ptr + offsets_like(off, d_sn, d_sk, d_sp, n, k, p, SHARED), a * t[None, :],
+                 mask=mask)
 
 
 @register

@@ -7,19 +7,18 @@ Backward for upstream g[n] (clamp passes where x >= eps):
   dbeta_k = s_k (1 - s_k) (dq_k - sum_j dq_j q_j) / sum_j s_j.
 One program per sample over the K channels (one tile up to MAP_TILE channels).
 """
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
-from ._common import launchable, map_block, register
-from ._maps import load_map
+from ._common import per_sample_loss, register
+from ._maps import load_map, map_chunk, map_tile
 
 
 @triton.jit
-def _load_ps(p_ptr, beta_ptr, n, start, offs, K):
-    """(p, s = sigmoid(beta), valid) at channels start + offs of sample n."""
+def _ps(src, start, offs, OPT1: tl.constexpr, OPT2: tl.constexpr):
+    """Loader (see _maps.map_chunk): (p, s = sigmoid(beta), valid) at channels start + offs."""
+    p_ptr, beta_ptr, n, K = src
     p, valid = load_map(p_ptr, n, start, offs, K)
     beta = load_map(beta_ptr, n, start, offs, K)[0]
     return p, tl.where(valid, tl.sigmoid(beta), 0.0), valid
@@ -40,22 +39,15 @@ def _ggam_kernel(p_ptr, beta_ptr, g_ptr, out_ptr, dp_ptr, dbeta_ptr, K, eps,
     """out[n] = L (forward), or (GRAD) dp, dbeta for upstream g[n]."""
     n = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
-    if ONE_TILE:
-        p_c, s_c, valid_c = _load_ps(p_ptr, beta_ptr, n, 0, offs, K)
+    src = (p_ptr, beta_ptr, n, K)
+    tile = map_tile(_ps, src, offs, ONE_TILE)
     sum_s = 0.0
     for start in range(0, K, BLOCK):
-        if ONE_TILE:
-            s = s_c
-        else:
-            s = _load_ps(p_ptr, beta_ptr, n, start, offs, K)[1]
-        sum_s += tl.sum(s, axis=0)
+        sum_s += tl.sum(map_chunk(tile, _ps, src, start, offs, ONE_TILE)[1], axis=0)
     loss = 0.0
     sum_dq_q = 0.0
     for start in range(0, K, BLOCK):
-        if ONE_TILE:
-            p, s, valid = p_c, s_c, valid_c
-        else:
-            p, s, valid = _load_ps(p_ptr, beta_ptr, n, start, offs, K)
+        p, s, valid = map_chunk(tile, _ps, src, start, offs, ONE_TILE)
         pc, qc, dlog, q = _kl_terms(p, s, sum_s, eps)
         if GRAD:
             dq = tl.where(q >= eps, 0.5 * (1.0 - dlog - pc / qc), 0.0)
@@ -65,10 +57,7 @@ def _ggam_kernel(p_ptr, beta_ptr, g_ptr, out_ptr, dp_ptr, dbeta_ptr, K, eps,
     if GRAD:
         g = tl.load(g_ptr + n)
         for start in range(0, K, BLOCK):
-            if ONE_TILE:
-                p, s, valid = p_c, s_c, valid_c
-            else:
-                p, s, valid = _load_ps(p_ptr, beta_ptr, n, start, offs, K)
+            p, s, valid = map_chunk(tile, _ps, src, start, offs, ONE_TILE)
             pc, qc, dlog, q = _kl_terms(p, s, sum_s, eps)
             dp = tl.where(p >= eps, 0.5 * (dlog + 1.0 - qc / pc), 0.0)
             dq = tl.where(q >= eps, 0.5 * (1.0 - dlog - pc / qc), 0.0)
@@ -81,17 +70,8 @@ def _ggam_kernel(p_ptr, beta_ptr, g_ptr, out_ptr, dp_ptr, dbeta_ptr, K, eps,
 
 def _launch(channel_weights, gradcam_weights, eps, grad):
     """ggam_loss (grad None) or its two input gradients."""
-    n, k = channel_weights.shape
-    out = torch.empty(n, device=channel_weights.device, dtype=channel_weights.dtype)
-    grads = [] if grad is None else [torch.empty_like(channel_weights),
-                                     torch.empty_like(gradcam_weights)]
-    if launchable(channel_weights, gradcam_weights):
-        block, one_tile, warps = map_block(k)
-        dst = [out, out] if grad is None else grads
-        wrap_triton(_ggam_kernel)[(n,)](
-            channel_weights, gradcam_weights, out if grad is None else grad, out, *dst, k, eps,
-            GRAD=grad is not None, BLOCK=block, ONE_TILE=one_tile, num_warps=warps)
-    return out if grad is None else tuple(grads)
+    return per_sample_loss(_ggam_kernel, (channel_weights, gradcam_weights), grad,
+                           channel_weights.shape[1], eps)
 
 
 @register

@@ -20,12 +20,14 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
+from attnfast._schema import KIND_CODES
+
 from ._attention_pass import Side, attention_grads, attention_maps
-from ._common import CHANNEL, MAP, PIXEL, RELU_VEC, VEC, launchable, map_block, register
-from ._maps import (consistency_grads, iou_grads, load_map, mask_at, max_count, norm_den,
-                    norm_grad, resize_args, sigmoid_mask, tie_sums)
+from ._common import MAP, RELU_VEC, VEC, launchable, map_block, register
+from ._maps import (consistency_grads, iou_grads, load_map, map_chunk, map_tile, mask_at,
+                    max_count, norm_den, norm_grad, resize_args, sigmoid_mask, tie_sums)
 from ._weights_pass import channel_means, spread_weights
-from .soft_mask import mask_source_grad
+from .normalize_attention import normalize_grad
 
 
 @triton.jit
@@ -39,37 +41,57 @@ def _den(mx, eps, NORMALIZE: tl.constexpr):
 
 
 @triton.jit
-def _inner_chunk(it_ptr, ic_ptr, lt_ptr, n, start, offs, HWi, wi, hl, wl, scale_h, scale_w,
-                 den_m, sigma, omega, RESIZE: tl.constexpr):
-    """(x_it, x_ic, M_inner, valid) at inner pixels start + offs (M gathered from x_lt)."""
-    xt, valid = load_map(it_ptr, n, start, offs, HWi)
-    xc = load_map(ic_ptr, n, start, offs, HWi)[0]
-    m = mask_at(lt_ptr, n, start + offs, valid, den_m, hl, wl, wi, scale_h, scale_w, sigma, omega,
-                RESIZE)
+def _pair(src, start, offs, OPT1: tl.constexpr, OPT2: tl.constexpr):
+    """Loader (see _maps.map_chunk) of a layer's two maps, src = (x_t ptr, x_c ptr, n, HW):
+    (x_t, x_c, valid) at pixels start + offs."""
+    t_ptr, c_ptr, n, HW = src
+    xt, valid = load_map(t_ptr, n, start, offs, HW)
+    return xt, load_map(c_ptr, n, start, offs, HW)[0], valid
+
+
+@triton.jit
+def _layer_max(tile, src, offs, BLOCK: tl.constexpr, ONE_TILE: tl.constexpr):
+    """(max, count at the max) of x_t and of x_c of a layer, src as in _pair, in one pass;
+    tile: map_tile(_pair, src, offs, ONE_TILE)."""
+    mx_t = -float("inf")
+    n_t = 0.0
+    mx_c = -float("inf")
+    n_c = 0.0
+    for start in range(0, src[3], BLOCK):
+        xt, xc, valid = map_chunk(tile, _pair, src, start, offs, ONE_TILE)
+        mx_t, n_t = max_count(xt, valid, mx_t, n_t)
+        mx_c, n_c = max_count(xc, valid, mx_c, n_c)
+    return mx_t, n_t, mx_c, n_c
+
+
+@triton.jit
+def _inner_chunk(src, start, offs, ONE_TILE: tl.constexpr, RESIZE: tl.constexpr):
+    """Loader of the inner layer: (x_it, x_ic, M_inner, valid) at inner pixels start + offs;
+    src = (the pair's tile, its _pair src, x_lt ptr, inner width, last height and width, the
+    resize scales, den of x_lt, sigma, omega); M gathered from x_lt."""
+    tile, pair, lt_ptr, wi, hl, wl, scale_h, scale_w, den_m, sigma, omega = src
+    xt, xc, valid = map_chunk(tile, _pair, pair, start, offs, ONE_TILE)
+    m = mask_at(lt_ptr, pair[2], start + offs, valid, den_m, hl, wl, wi, scale_h, scale_w, sigma,
+                omega, RESIZE)
     return xt, xc, tl.where(valid, m, 0.0), valid
 
 
 @triton.jit
-def _last_chunk(lt_ptr, lc_ptr, n, start, offs, HWl, den_m, sigma, omega):
-    """(x_lt, x_lc, M_last, valid) at last-layer pixels start + offs."""
-    xt, valid = load_map(lt_ptr, n, start, offs, HWl)
-    xc = load_map(lc_ptr, n, start, offs, HWl)[0]
+def _last_chunk(src, start, offs, ONE_TILE: tl.constexpr, OPT2: tl.constexpr):
+    """Loader of the last layer: (x_lt, x_lc, M_last, valid) at last-layer pixels start + offs;
+    src = (the pair's tile, its _pair src, den of x_lt, sigma, omega)."""
+    tile, pair, den_m, sigma, omega = src
+    xt, xc, valid = map_chunk(tile, _pair, pair, start, offs, ONE_TILE)
     return xt, xc, tl.where(valid, sigmoid_mask(xt / den_m, sigma, omega), 0.0), valid
 
 
 @triton.jit
-def _pair_sums(a, b, m):
-    """Chunk sums of one (target a, confuser b, mask M) pair: sum min(a,b) M, sum a, sum b,
-    sum a M (consistency numerator)."""
-    return (tl.sum(tl.minimum(a, b) * m, axis=0), tl.sum(a, axis=0), tl.sum(b, axis=0),
-            tl.sum(a * m, axis=0))
-
-
-@triton.jit
-def _pair_grads(xt, xc, m, den_t, den_c, inter, d, g, g_cons, cons, e, omega,
-                CONSISTENCY: tl.constexpr):
+def _pair_grads(xt, xc, m, coef, CONSISTENCY: tl.constexpr):
     """(dL/da, dL/db, dL/dz of the mask) of g * iou(a, b, M) [+ g_cons * consistency(a, M)]
-    with a = x_t / den_t, b = x_c / den_c, M = sigmoid(z)."""
+    with a = x_t / den_t, b = x_c / den_c, M = sigmoid(z); coef = (den_t, den_c, the IoU's
+    sum min(a, b) M and denominator, g, g_cons, the consistency's sum a M and denominator,
+    omega)."""
+    den_t, den_c, inter, d, g, g_cons, cons, e, omega = coef
     a = xt / den_t
     b = xc / den_c
     ga, gb, gm = iou_grads(a, b, m, inter, d)
@@ -84,6 +106,67 @@ def _pair_grads(xt, xc, m, den_t, den_c, inter, d, g, g_cons, cons, e, omega,
 
 
 @triton.jit
+def _layer_sums(tile, LOAD: tl.constexpr, src, offs, HW, den_t, den_c, BLOCK: tl.constexpr,
+                ONE_TILE: tl.constexpr, RESIZE: tl.constexpr):
+    """Sums over one layer's pair a = x_t / den_t, b = x_c / den_c and its mask M (LOAD:
+    _inner_chunk or _last_chunk): (sum min(a, b) M, sum a, sum b, sum a M)."""
+    inter = 0.0
+    sa = 0.0
+    sb = 0.0
+    sam = 0.0
+    for start in range(0, HW, BLOCK):
+        xt, xc, m, valid = map_chunk(tile, LOAD, src, start, offs, ONE_TILE, ONE_TILE, RESIZE)
+        a = xt / den_t
+        b = xc / den_c
+        inter += tl.sum(tl.minimum(a, b) * m, axis=0)
+        sa += tl.sum(a, axis=0)
+        sb += tl.sum(b, axis=0)
+        sam += tl.sum(a * m, axis=0)
+    return inter, sa, sb, sam
+
+
+@triton.jit
+def _layer_ties(tile, LOAD: tl.constexpr, src, offs, HW, coef, mx_t, mx_c, BLOCK: tl.constexpr,
+                ONE_TILE: tl.constexpr, RESIZE: tl.constexpr, CONSISTENCY: tl.constexpr):
+    """Per map of a layer's pair, the sums norm_grad needs (tie_sums of dL/da over a pass):
+    (sum at the max of x_t, sum of dL/da x below it, the same two for x_c)."""
+    gt_t = 0.0
+    r_t = 0.0
+    gt_c = 0.0
+    r_c = 0.0
+    for start in range(0, HW, BLOCK):
+        xt, xc, m, valid = map_chunk(tile, LOAD, src, start, offs, ONE_TILE, ONE_TILE, RESIZE)
+        dt, dc, gz = _pair_grads(xt, xc, m, coef, CONSISTENCY)
+        s0, s1 = tie_sums(dt, xt, valid, mx_t)
+        s2, s3 = tie_sums(dc, xc, valid, mx_c)
+        gt_t, r_t, gt_c, r_c = gt_t + s0, r_t + s1, gt_c + s2, r_c + s3
+    return gt_t, r_t, gt_c, r_c
+
+
+@triton.jit
+def _layer_write(tile, LOAD: tl.constexpr, src, offs, HW, coef, maxima, ties, eps, n,
+                 dt_ptr, dc_ptr, gz_ptr, BLOCK: tl.constexpr, ONE_TILE: tl.constexpr,
+                 RESIZE: tl.constexpr, CONSISTENCY: tl.constexpr, NORMALIZE: tl.constexpr,
+                 MASK_GRAD: tl.constexpr):
+    """Write dL/dx_t, dL/dx_c of a layer (through the normalization when NORMALIZE, from
+    maxima = (max, count) of x_t and of x_c and their _layer_ties) and, with MASK_GRAD, dL/dz
+    of its mask."""
+    mx_t, n_t, mx_c, n_c = maxima
+    gt_t, r_t, gt_c, r_c = ties
+    for start in range(0, HW, BLOCK):
+        xt, xc, m, valid = map_chunk(tile, LOAD, src, start, offs, ONE_TILE, ONE_TILE, RESIZE)
+        dt, dc, gz = _pair_grads(xt, xc, m, coef, CONSISTENCY)
+        if NORMALIZE:
+            dt = norm_grad(dt, xt, mx_t, n_t, gt_t, r_t, eps)
+            dc = norm_grad(dc, xc, mx_c, n_c, gt_c, r_c, eps)
+        p = n * HW + start + offs
+        tl.store(dt_ptr + p, dt, mask=valid)
+        tl.store(dc_ptr + p, dc, mask=valid)
+        if MASK_GRAD:
+            tl.store(gz_ptr + p, gz, mask=valid)
+
+
+@triton.jit
 def _sharpen_focus_maps_kernel(
         it_ptr, ic_ptr, lt_ptr, lc_ptr, gi_ptr, gl_ptr, gc_ptr, out_i, out_l, out_c,
         dit_ptr, dic_ptr, dlt_ptr, dlc_ptr, gzi_ptr, gzl_ptr,
@@ -95,76 +178,30 @@ def _sharpen_focus_maps_kernel(
     GRAD: dL/dx of the four maps (and with MASK_GRAD dL/dz of M_inner and M_last) for upstream
     g_i, g_l, g_c. Pass 1: max and tie count of every map; pass 2: sums; with GRAD and NORMALIZE
     pass 3: per map, sum of dL/da at its max and of dL/da x below it (for norm_grad); last pass
-    (GRAD): write."""
+    (GRAD): write. ONE_TILE: both layers fit one tile; the four maps and the masks are then
+    read or gathered once, before the passes."""
     n = tl.program_id(0).to(tl.int64)
     oi = tl.arange(0, BLOCK_I)
     ol = tl.arange(0, BLOCK_L)
-    if ONE_TILE:
-        it_c, vi_c = load_map(it_ptr, n, 0, oi, HWi)
-        ic_c = load_map(ic_ptr, n, 0, oi, HWi)[0]
-        lt_c, vl_c = load_map(lt_ptr, n, 0, ol, HWl)
-        lc_c = load_map(lc_ptr, n, 0, ol, HWl)[0]
-    mx_it = -float("inf")
-    mx_ic = -float("inf")
-    mx_lt = -float("inf")
-    mx_lc = -float("inf")
-    n_it = 0.0
-    n_ic = 0.0
-    n_lt = 0.0
-    n_lc = 0.0
-    for start in range(0, HWi, BLOCK_I):
-        if ONE_TILE:
-            xt, xc, valid = it_c, ic_c, vi_c
-        else:
-            xt, valid = load_map(it_ptr, n, start, oi, HWi)
-            xc = load_map(ic_ptr, n, start, oi, HWi)[0]
-        mx_it, n_it = max_count(xt, valid, mx_it, n_it)
-        mx_ic, n_ic = max_count(xc, valid, mx_ic, n_ic)
-    for start in range(0, HWl, BLOCK_L):
-        if ONE_TILE:
-            xt, xc, valid = lt_c, lc_c, vl_c
-        else:
-            xt, valid = load_map(lt_ptr, n, start, ol, HWl)
-            xc = load_map(lc_ptr, n, start, ol, HWl)[0]
-        mx_lt, n_lt = max_count(xt, valid, mx_lt, n_lt)
-        mx_lc, n_lc = max_count(xc, valid, mx_lc, n_lc)
+    pair_i = (it_ptr, ic_ptr, n, HWi)
+    pair_l = (lt_ptr, lc_ptr, n, HWl)
+    raw_i = map_tile(_pair, pair_i, oi, ONE_TILE)
+    raw_l = map_tile(_pair, pair_l, ol, ONE_TILE)
+    mx_it, n_it, mx_ic, n_ic = _layer_max(raw_i, pair_i, oi, BLOCK_I, ONE_TILE)
+    mx_lt, n_lt, mx_lc, n_lc = _layer_max(raw_l, pair_l, ol, BLOCK_L, ONE_TILE)
     den_m = norm_den(mx_lt, eps)
     den_it = _den(mx_it, eps, NORMALIZE)
     den_ic = _den(mx_ic, eps, NORMALIZE)
     den_lt = _den(mx_lt, eps, NORMALIZE)
     den_lc = _den(mx_lc, eps, NORMALIZE)
-    if ONE_TILE:
-        mi_c = mask_at(lt_ptr, n, oi, vi_c, den_m, hl, wl, wi, scale_h, scale_w, sigma, omega,
-                       RESIZE)
-        mi_c = tl.where(vi_c, mi_c, 0.0)
-        ml_c = tl.where(vl_c, sigmoid_mask(lt_c / den_m, sigma, omega), 0.0)
-    inter_i = 0.0
-    sa_i = 0.0
-    sb_i = 0.0
-    cons = 0.0
-    for start in range(0, HWi, BLOCK_I):
-        if ONE_TILE:
-            xt, xc, m = it_c, ic_c, mi_c
-        else:
-            xt, xc, m, valid = _inner_chunk(it_ptr, ic_ptr, lt_ptr, n, start, oi, HWi, wi, hl,
-                                                wl, scale_h, scale_w, den_m, sigma, omega, RESIZE)
-        s0, s1, s2, s3 = _pair_sums(xt / den_it, xc / den_ic, m)
-        inter_i += s0
-        sa_i += s1
-        sb_i += s2
-        cons += s3
-    inter_l = 0.0
-    sa_l = 0.0
-    sb_l = 0.0
-    for start in range(0, HWl, BLOCK_L):
-        if ONE_TILE:
-            xt, xc, m = lt_c, lc_c, ml_c
-        else:
-            xt, xc, m, valid = _last_chunk(lt_ptr, lc_ptr, n, start, ol, HWl, den_m, sigma, omega)
-        s0, s1, s2, s3 = _pair_sums(xt / den_lt, xc / den_lc, m)
-        inter_l += s0
-        sa_l += s1
-        sb_l += s2
+    src_i = (raw_i, pair_i, lt_ptr, wi, hl, wl, scale_h, scale_w, den_m, sigma, omega)
+    src_l = (raw_l, pair_l, den_m, sigma, omega)
+    tile_i = map_tile(_inner_chunk, src_i, oi, ONE_TILE, ONE_TILE, RESIZE)
+    tile_l = map_tile(_last_chunk, src_l, ol, ONE_TILE, ONE_TILE)
+    inter_i, sa_i, sb_i, cons = _layer_sums(tile_i, _inner_chunk, src_i, oi, HWi, den_it, den_ic,
+                                            BLOCK_I, ONE_TILE, RESIZE)
+    inter_l, sa_l, sb_l, _ = _layer_sums(tile_l, _last_chunk, src_l, ol, HWl, den_lt, den_lc,
+                                         BLOCK_L, ONE_TILE, False)
     d_i = sa_i + sb_i + eps
     d_l = sa_l + sb_l + eps
     e = sa_i + eps
@@ -173,66 +210,22 @@ def _sharpen_focus_maps_kernel(
         tl.store(out_l + n, 2.0 * inter_l / d_l)
         tl.store(out_c + n, alpha - cons / e)
     else:
-        g_i = tl.load(gi_ptr + n)
-        g_l = tl.load(gl_ptr + n)
         g_c = tl.load(gc_ptr + n)
-        gt_it, r_it, gt_ic, r_ic, gt_lt, r_lt, gt_lc, r_lc = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+        coef_i = (den_it, den_ic, inter_i, d_i, tl.load(gi_ptr + n), g_c, cons, e, omega)
+        coef_l = (den_lt, den_lc, inter_l, d_l, tl.load(gl_ptr + n), g_c, cons, e, omega)
+        ties_i = (0.0, 0.0, 0.0, 0.0)
+        ties_l = (0.0, 0.0, 0.0, 0.0)
         if NORMALIZE:
-            for start in range(0, HWi, BLOCK_I):
-                if ONE_TILE:
-                    xt, xc, m, valid = it_c, ic_c, mi_c, vi_c
-                else:
-                    xt, xc, m, valid = _inner_chunk(it_ptr, ic_ptr, lt_ptr, n, start, oi, HWi, wi,
-                                                    hl, wl, scale_h, scale_w, den_m, sigma, omega,
-                                                    RESIZE)
-                dt, dc, gz = _pair_grads(xt, xc, m, den_it, den_ic, inter_i, d_i, g_i, g_c, cons,
-                                         e, omega, True)
-                s0, s1 = tie_sums(dt, xt, valid, mx_it)
-                s2, s3 = tie_sums(dc, xc, valid, mx_ic)
-                gt_it, r_it, gt_ic, r_ic = gt_it + s0, r_it + s1, gt_ic + s2, r_ic + s3
-            for start in range(0, HWl, BLOCK_L):
-                if ONE_TILE:
-                    xt, xc, m, valid = lt_c, lc_c, ml_c, vl_c
-                else:
-                    xt, xc, m, valid = _last_chunk(lt_ptr, lc_ptr, n, start, ol, HWl, den_m,
-                                                   sigma, omega)
-                dt, dc, gz = _pair_grads(xt, xc, m, den_lt, den_lc, inter_l, d_l, g_l, g_c, cons,
-                                         e, omega, False)
-                s0, s1 = tie_sums(dt, xt, valid, mx_lt)
-                s2, s3 = tie_sums(dc, xc, valid, mx_lc)
-                gt_lt, r_lt, gt_lc, r_lc = gt_lt + s0, r_lt + s1, gt_lc + s2, r_lc + s3
-        for start in range(0, HWi, BLOCK_I):
-            if ONE_TILE:
-                xt, xc, m, valid = it_c, ic_c, mi_c, vi_c
-            else:
-                xt, xc, m, valid = _inner_chunk(it_ptr, ic_ptr, lt_ptr, n, start, oi, HWi, wi, hl,
-                                                wl, scale_h, scale_w, den_m, sigma, omega, RESIZE)
-            dt, dc, gz = _pair_grads(xt, xc, m, den_it, den_ic, inter_i, d_i, g_i, g_c, cons, e,
-                                     omega, True)
-            if NORMALIZE:
-                dt = norm_grad(dt, xt, mx_it, n_it, gt_it, r_it, eps)
-                dc = norm_grad(dc, xc, mx_ic, n_ic, gt_ic, r_ic, eps)
-            p = n * HWi + start + oi
-            tl.store(dit_ptr + p, dt, mask=valid)
-            tl.store(dic_ptr + p, dc, mask=valid)
-            if MASK_GRAD:
-                tl.store(gzi_ptr + p, gz, mask=valid)
-        for start in range(0, HWl, BLOCK_L):
-            if ONE_TILE:
-                xt, xc, m, valid = lt_c, lc_c, ml_c, vl_c
-            else:
-                xt, xc, m, valid = _last_chunk(lt_ptr, lc_ptr, n, start, ol, HWl, den_m, sigma,
-                                               omega)
-            dt, dc, gz = _pair_grads(xt, xc, m, den_lt, den_lc, inter_l, d_l, g_l, g_c, cons, e,
-                                     omega, False)
-            if NORMALIZE:
-                dt = norm_grad(dt, xt, mx_lt, n_lt, gt_lt, r_lt, eps)
-                dc = norm_grad(dc, xc, mx_lc, n_lc, gt_lc, r_lc, eps)
-            p = n * HWl + start + ol
-            tl.store(dlt_ptr + p, dt, mask=valid)
-            tl.store(dlc_ptr + p, dc, mask=valid)
-            if MASK_GRAD:
-                tl.store(gzl_ptr + p, gz, mask=valid)
+            ties_i = _layer_ties(tile_i, _inner_chunk, src_i, oi, HWi, coef_i, mx_it, mx_ic,
+                                 BLOCK_I, ONE_TILE, RESIZE, True)
+            ties_l = _layer_ties(tile_l, _last_chunk, src_l, ol, HWl, coef_l, mx_lt, mx_lc,
+                                 BLOCK_L, ONE_TILE, False, False)
+        _layer_write(tile_i, _inner_chunk, src_i, oi, HWi, coef_i, (mx_it, n_it, mx_ic, n_ic),
+                     ties_i, eps, n, dit_ptr, dic_ptr, gzi_ptr, BLOCK_I, ONE_TILE, RESIZE, True,
+                     NORMALIZE, MASK_GRAD)
+        _layer_write(tile_l, _last_chunk, src_l, ol, HWl, coef_l, (mx_lt, n_lt, mx_lc, n_lc),
+                     ties_l, eps, n, dlt_ptr, dlc_ptr, gzl_ptr, BLOCK_L, ONE_TILE, False, False,
+                     NORMALIZE, MASK_GRAD)
 
 
 def _map_math(inner, last, sigma, omega, alpha, normalize, eps, upstream=None, mask_grad=False):
@@ -258,17 +251,18 @@ def _map_math(inner, last, sigma, omega, alpha, normalize, eps, upstream=None, m
         BLOCK_I=block_i, BLOCK_L=block_l, ONE_TILE=one_i and one_l,
         num_warps=max(warps_i, warps_l))
     if gz is not None:
-        mask_source_grad(gz[0], gz[1], last[0], outs[2], True, eps)
+        normalize_grad(gz[0], gz[1], last[0], outs[2], True, eps)
     return outs
 
 
 def _side(features, grads, kind):
     """The side of the pass over F that makes the attention map of ``grads`` (4-D or N x K)."""
-    if kind == PIXEL:
+    if kind == KIND_CODES["pixel"]:
         return Side(grads, MAP if grads.dim() == 4 else VEC, 1.0 / max(features.shape[1], 1))
+    positive = kind == KIND_CODES["channel"]
     if grads.dim() == 4:
-        return Side(channel_means(grads, kind == CHANNEL), VEC)
-    return Side(grads, RELU_VEC if kind == CHANNEL else VEC)
+        return Side(channel_means(grads, positive), VEC)
+    return Side(grads, RELU_VEC if positive else VEC)
 
 
 def _layer_maps(features, grads_t, grads_c, kind):
@@ -281,8 +275,8 @@ def _layer_grads(features, grads_t, grads_c, kind, sides, maps, dmaps):
     """(dF, dG_t, dG_c) of a layer from dL/dx_t, dL/dx_c, in one pass over F."""
     dfeat, dsides = attention_grads(features, sides, dmaps, maps)
     hw = features.shape[2] * features.shape[3]
-    dgrads = [d if kind == PIXEL or g.dim() == 2 else
-              spread_weights(d, g, kind == CHANNEL, 1.0 / max(hw, 1))
+    dgrads = [d if kind == KIND_CODES["pixel"] or g.dim() == 2 else
+              spread_weights(d, g, kind == KIND_CODES["channel"], 1.0 / max(hw, 1))
               for g, d in zip((grads_t, grads_c), dsides)]
     return dfeat, *dgrads
 

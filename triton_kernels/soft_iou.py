@@ -9,15 +9,16 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
-from ._common import launchable, map_block, register
-from ._maps import iou_grads, load_map
+from ._common import per_sample_loss, register
+from ._maps import iou_grads, load_map, map_chunk, map_tile
 
 
 @triton.jit
-def _load_pair(a_ptr, b_ptr, m_ptr, n, start, offs, HW, HAS_MASK: tl.constexpr):
-    """(a, b, M, valid) at pixels start + offs of sample n; M = 1 without a mask."""
+def _pair(src, start, offs, HAS_MASK: tl.constexpr, OPT2: tl.constexpr):
+    """Loader (see _maps.map_chunk): (a, b, M, valid) at pixels start + offs of sample n;
+    M = 1 without a mask."""
+    a_ptr, b_ptr, m_ptr, n, HW = src
     a, valid = load_map(a_ptr, n, start, offs, HW)
     b = load_map(b_ptr, n, start, offs, HW)[0]
     if HAS_MASK:
@@ -34,25 +35,19 @@ def _soft_iou_kernel(a_ptr, b_ptr, m_ptr, g_ptr, out_ptr, da_ptr, db_ptr, dm_ptr
     """out[n] = soft-IoU (forward) or (GRAD) da, db, dM of it for upstream g[n]."""
     n = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
-    if ONE_TILE:
-        a_c, b_c, m_c, valid_c = _load_pair(a_ptr, b_ptr, m_ptr, n, 0, offs, HW, HAS_MASK)
+    src = (a_ptr, b_ptr, m_ptr, n, HW)
+    tile = map_tile(_pair, src, offs, ONE_TILE, HAS_MASK)
     inter = 0.0
     total = 0.0
     for start in range(0, HW, BLOCK):
-        if ONE_TILE:
-            a, b, m = a_c, b_c, m_c
-        else:
-            a, b, m, valid = _load_pair(a_ptr, b_ptr, m_ptr, n, start, offs, HW, HAS_MASK)
+        a, b, m, valid = map_chunk(tile, _pair, src, start, offs, ONE_TILE, HAS_MASK)
         inter += tl.sum(tl.minimum(a, b) * m, axis=0)
         total += tl.sum(a + b, axis=0)
     den = total + eps
     if GRAD:
         g = tl.load(g_ptr + n)
         for start in range(0, HW, BLOCK):
-            if ONE_TILE:
-                a, b, m, valid = a_c, b_c, m_c, valid_c
-            else:
-                a, b, m, valid = _load_pair(a_ptr, b_ptr, m_ptr, n, start, offs, HW, HAS_MASK)
+            a, b, m, valid = map_chunk(tile, _pair, src, start, offs, ONE_TILE, HAS_MASK)
             ga, gb, gm = iou_grads(a, b, m, inter, den)
             p = n * HW + start + offs
             tl.store(da_ptr + p, g * ga, mask=valid)
@@ -67,16 +62,9 @@ def _launch(attn_a, attn_b, mask, eps, grad):
     """soft_iou (grad None) or its three input gradients."""
     n, h, w = attn_a.shape
     has_mask = mask.numel() != 0
-    out = torch.empty(n, device=attn_a.device, dtype=attn_a.dtype)
-    grads = [] if grad is None else [torch.empty_like(t) for t in (attn_a, attn_b, mask)]
-    if launchable(attn_a, attn_b):
-        block, one_tile, warps = map_block(h * w)
-        dst = [attn_a] * 3 if grad is None else grads[:2] + [grads[2] if has_mask else attn_a]
-        wrap_triton(_soft_iou_kernel)[(n,)](
-            attn_a, attn_b, mask if has_mask else attn_a, out if grad is None else grad, out,
-            *dst, h * w, eps, HAS_MASK=has_mask, GRAD=grad is not None,
-            BLOCK=block, ONE_TILE=one_tile, num_warps=warps)
-    return out if grad is None else tuple(grads)
+    res = per_sample_loss(_soft_iou_kernel, (attn_a, attn_b, mask if has_mask else None), grad,
+                          h * w, eps, HAS_MASK=has_mask)
+    return res if grad is None or has_mask else (*res[:2], torch.empty_like(mask))
 
 
 @register
