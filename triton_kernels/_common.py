@@ -4,14 +4,14 @@ Nothing here launches a kernel. Kernels read big N x K x H x W tensors through t
 strides, pixel p = i * W + j having one stride (the kernel interface in ``attnfast/_schema.py``),
 so contiguous NCHW and channels_last are both read in place.
 """
-import contextlib
 import functools
 import os
 
 import torch
 import triton
-from torch._library import triton as _torch_triton
 from torch.library import triton_op, wrap_triton
+
+from attnfast._compat import int_schema_for_triton_op, is_fake
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -29,23 +29,12 @@ TUNING = {"programs_per_sm": 4, "min_chunk": 64, "target_programs": None}
 NONE, MAP, VEC, RELU_VEC = 0, 1, 2, 3
 
 
-@contextlib.contextmanager
-def _exact_int_schema():
-    """torch infers ``SymInt`` for an ``int`` annotation, the kernel interface says ``int``."""
-    original = _torch_triton.infer_schema
-    _torch_triton.infer_schema = lambda fn, **kw: original(fn, **kw).replace("SymInt ", "int ")
-    try:
-        yield
-    finally:
-        _torch_triton.infer_schema = original
-
-
 def register(fn):
     """``torch.library.triton_op("attnfast_triton::<fn name>", mutates_args=())`` of ``fn``.
 
     The schema comes from the annotations, with ``int`` kept as ``int`` (not ``SymInt``).
     """
-    with _exact_int_schema():
+    with int_schema_for_triton_op():
         return triton_op(f"attnfast_triton::{fn.__name__}", fn, mutates_args=())
 
 
@@ -55,7 +44,6 @@ def launchable(*tensors):
     if any(t.numel() == 0 for t in tensors):
         return False
     if INTERPRET:
-        from torch._subclasses.fake_tensor import is_fake
         return not any(is_fake(t) for t in tensors)
     return True
 
