@@ -3,13 +3,16 @@
 // backward (grad_out = dD, grad_spatial = dT_direct):
 //   dT = grad_spatial + sum_k dD[k,p] F[k,p];  dc = (dT - sum_q dT[q] T[q]) / (sum_q c[q] + eps)
 //   dF[k,p] = dD[k,p] T[p] + dc[p] S[k];       dS[k] = sum_p dc[p] F[k,p].
-// T is recomputed from F and S in the backward (`spatial` is only shape-checked).
-#include "cpu/kernels.h"
+#include <torch/library.h>
+
+#include "cpu/cpu_common.h"
+#include "host/ggam.h"
 
 namespace attnfast::cpu {
+namespace {
 
 // T[p] = c[p] / (sum_q c[q] + eps) in place; returns the denominator.
-template <class T> static T spatial_from_colsum(T* c, int64_t P, T eps) {
+template <class T> T spatial_from_colsum(T* c, int64_t P, T eps) {
   T total = T(0);
   for (int64_t p = 0; p < P; ++p) total += c[p];
   const T den = total + eps;
@@ -17,22 +20,16 @@ template <class T> static T spatial_from_colsum(T* c, int64_t P, T eps) {
   return den;
 }
 
-Tensor2 channel_spatial_attention(const Tensor& features, const Tensor& channel_weights,
-                                  double eps) {
-  check_big(features, "features");
-  const Tensor F = dense(features);
+void run(const host::ChannelSpatialAttention& a) {
+  const Tensor& F = a.f;
   const int64_t N = F.size(0), K = F.size(1), P = pixels(F);
   const Layout L = layout_of(F);
-  check_shape(channel_weights, "channel_weights", {N, K});
-  const Tensor S = small(channel_weights, acc_dtype(F));
-  Tensor Tmap = at::empty({N, F.size(2), F.size(3)}, S.options());
-  BigOut D(features, F);
   ATTNFAST_DISPATCH_BIG(F.scalar_type(), "attnfast::channel_spatial_attention", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* f = F.const_data_ptr<scalar_t>();
-    scalar_t* d = D.work.mutable_data_ptr<scalar_t>();
-    const acc_t* s = S.const_data_ptr<acc_t>();
-    acc_t* t = Tmap.mutable_data_ptr<acc_t>();
+    scalar_t* d = a.out.work.mutable_data_ptr<scalar_t>();
+    const acc_t* s = a.s.const_data_ptr<acc_t>();
+    acc_t* t = a.spatial.mutable_data_ptr<acc_t>();
     parallel_blocks(N, P, kBlock, kBlock * K, [&](int64_t n, int64_t p0, int64_t p1) {
       acc_t c[kBlock] = {};
       const int64_t base = n * L.sn;
@@ -42,7 +39,7 @@ Tensor2 channel_spatial_attention(const Tensor& features, const Tensor& channel_
       std::copy(c, c + (p1 - p0), t + n * P + p0);
     });
     for_each_sample<acc_t>(N, P, 0, [&](int64_t n, acc_t*) {
-      spatial_from_colsum(t + n * P, P, static_cast<acc_t>(eps));
+      spatial_from_colsum(t + n * P, P, static_cast<acc_t>(a.eps));
     });
     parallel_blocks(N, P, kBlock, kBlock * K, [&](int64_t n, int64_t p0, int64_t p1) {
       const int64_t base = n * L.sn;
@@ -51,34 +48,22 @@ Tensor2 channel_spatial_attention(const Tensor& features, const Tensor& channel_
       });
     });
   });
-  return {D.done(), Tmap};
 }
 
-Tensor2 channel_spatial_attention_backward(const Tensor& grad_out, const Tensor& grad_spatial,
-                                           const Tensor& features, const Tensor& channel_weights,
-                                           const Tensor& spatial, double eps) {
-  check_big(features, "features");
-  check_big(grad_out, "grad_out");
-  check_shape(grad_out, "grad_out", features.sizes());
-  const Tensor F = dense(features);
-  const Tensor gD = like_layout(grad_out.to(F.scalar_type()), F);
+// `spatial` is not read: T is recomputed from F and S.
+void run(const host::ChannelSpatialAttentionBackward& a) {
+  const Tensor& F = a.f;
   const int64_t N = F.size(0), K = F.size(1), P = pixels(F);
   const Layout L = layout_of(F);
-  const auto acc = acc_dtype(F);
-  check_shape(channel_weights, "channel_weights", {N, K});
-  check_shape(grad_spatial, "grad_spatial", {N, F.size(2), F.size(3)});
-  check_shape(spatial, "spatial", {N, F.size(2), F.size(3)});
-  const Tensor S = small(channel_weights, acc), gT = small(grad_spatial, acc);
-  Tensor tmap = at::empty({N, P}, S.options()), dcol = at::empty({N, P}, S.options());
-  BigOut dF(features, F);
-  Tensor dS = at::empty({N, K}, S.options());
+  const auto scratch = F.options().dtype(a.ds.scalar_type());
+  Tensor tmap = at::empty({N, P}, scratch), dcol = at::empty({N, P}, scratch);
   ATTNFAST_DISPATCH_BIG(F.scalar_type(), "attnfast::channel_spatial_attention_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t *f = F.const_data_ptr<scalar_t>(), *gd = gD.const_data_ptr<scalar_t>();
-    scalar_t* df = dF.work.mutable_data_ptr<scalar_t>();
-    const acc_t *s = S.const_data_ptr<acc_t>(), *gt = gT.const_data_ptr<acc_t>();
+    const scalar_t *f = F.const_data_ptr<scalar_t>(), *gd = a.grad_out.const_data_ptr<scalar_t>();
+    scalar_t* df = a.df.work.mutable_data_ptr<scalar_t>();
+    const acc_t *s = a.s.const_data_ptr<acc_t>(), *gt = a.grad_spatial.const_data_ptr<acc_t>();
     acc_t *t = tmap.mutable_data_ptr<acc_t>(), *dc = dcol.mutable_data_ptr<acc_t>();
-    acc_t* ds = dS.mutable_data_ptr<acc_t>();
+    acc_t* ds = a.ds.mutable_data_ptr<acc_t>();
     // pass 1: c[p] (into t) and sum_k dD F (into dc)
     parallel_blocks(N, P, kBlock, kBlock * K, [&](int64_t n, int64_t p0, int64_t p1) {
       acc_t c[kBlock] = {}, h[kBlock] = {};
@@ -94,7 +79,7 @@ Tensor2 channel_spatial_attention_backward(const Tensor& grad_out, const Tensor&
     // per sample: T, then dc = (dT - sum dT T) / den
     for_each_sample<acc_t>(N, 4 * P, 0, [&](int64_t n, acc_t*) {
       acc_t *tn = t + n * P, *dn = dc + n * P;
-      const acc_t den = spatial_from_colsum(tn, P, static_cast<acc_t>(eps));
+      const acc_t den = spatial_from_colsum(tn, P, static_cast<acc_t>(a.eps));
       acc_t dot = acc_t(0);
       for (int64_t p = 0; p < P; ++p) {
         dn[p] += gt[n * P + p];
@@ -115,7 +100,14 @@ Tensor2 channel_spatial_attention_backward(const Tensor& grad_out, const Tensor&
       for (int64_t k = k0; k < k1; ++k) ds[n * K + k] = r[k - k0];
     });
   });
-  return {dF.done(), dS};
 }
 
+}  // namespace
 }  // namespace attnfast::cpu
+
+TORCH_LIBRARY_IMPL(attnfast, CPU, m) {
+  using namespace attnfast;
+  m.impl("channel_spatial_attention", &host::channel_spatial_attention<host::kCpu, cpu::run>);
+  m.impl("channel_spatial_attention_backward",
+         &host::channel_spatial_attention_backward<host::kCpu, cpu::run>);
+}

@@ -111,11 +111,7 @@ struct SfLayerGrads {
   void* d_f;
   void* d_g[2];
 };
-struct SfOptions {
-  int64_t kind;  // 0 pixel, 1 channel, 2 gradcam
-  float sigma, omega, alpha, eps;
-  bool normalize, mask_grad;
-};
+using SfOptions = attnfast::SfOptions<float>;  // common/defs.h
 cudaError_t sharpen_focus_loss(DType dt, const SfLayer& inner, const SfLayer& last,
                                const SfOptions& o, float* inner_iou, float* last_iou,
                                float* consistency, Scratch scratch, cudaStream_t stream);
