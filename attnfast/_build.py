@@ -46,12 +46,28 @@ def _jit():
             build_directory=str(build), with_cuda=with_cuda, is_python_module=False)
 
 
+def _define(ns: str):
+    """Define every op of ``_schema.SCHEMAS`` in namespace ``ns`` (``torch.library``, kind "DEF")
+    and return the ``Library``; dropping it removes the definitions. A loaded C++ kernel whose
+    signature does not match its schema makes this raise a ``RuntimeError`` that names the op,
+    the schema and the kernel's inferred signature."""
+    from ._schema import SCHEMAS
+    lib = torch.library.Library(ns, "DEF")
+    try:
+        for name, schema in SCHEMAS.items():
+            lib.define(name + schema)
+    except Exception:
+        del lib  # its finalizer removes the ops defined so far
+        raise
+    return lib
+
+
 def load() -> bool:
     """Load the extension once; True on success. The failure reason is kept for error messages.
 
     Order: the C++ library first (its ``TORCH_LIBRARY_IMPL`` blocks register kernels for ops not
     yet defined, which the dispatcher allows), then the schemas of ``_schema.SCHEMAS``
-    (``_schema.define``), then autograd and fake kernels. Defining after loading makes a kernel
+    (``_define``), then autograd and fake kernels. Defining after loading makes a kernel
     whose C++ signature does not match its schema a ``RuntimeError`` here, kept as the reason;
     defining first would turn the same mismatch into an uncatchable abort inside ``dlopen``."""
     if "ok" not in _state:
@@ -62,8 +78,8 @@ def load() -> bool:
                 from . import _C  # noqa: F401  built at install
             except ImportError:
                 _jit()
-            from . import _register, _schema
-            _state["library"] = _schema.define("attnfast")
+            from . import _register
+            _state["library"] = _define("attnfast")
             _register.register("attnfast", fakes=True)
             _state["ok"] = True
         except Exception as exc:  # keep the reason: it goes into every "not available" error

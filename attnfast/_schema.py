@@ -67,21 +67,3 @@ SCHEMAS = {
 }
 
 FORWARD_OPS = tuple(name for name in SCHEMAS if not name.endswith("_backward"))
-
-
-def define(ns: str):
-    """Define every op of ``SCHEMAS`` in namespace ``ns`` (``torch.library``, kind "DEF") and
-    return the ``Library``: the one place the C++ extension's schemas come from (its C++ only
-    registers kernels, with ``TORCH_LIBRARY_IMPL``). Keep the returned object alive: dropping it
-    removes the definitions. A C++ kernel whose signature does not match its schema makes this
-    raise ``RuntimeError`` naming the op, the schema and the kernel's inferred signature."""
-    import torch
-
-    lib = torch.library.Library(ns, "DEF")
-    try:
-        for name, schema in SCHEMAS.items():
-            lib.define(name + schema)
-    except Exception:
-        del lib  # its finalizer removes the ops defined so far
-        raise
-    return lib

@@ -10,7 +10,8 @@ def sources(csrc: Path, with_cuda: bool):
     files = [csrc / "module.cpp", *sorted((csrc / "host").glob("*.cpp")),
              *sorted((csrc / "cpu").glob("*.cpp"))]
     if with_cuda:
-        files += sorted((csrc / "cuda").glob("*.cu")) + sorted((csrc / "cuda" / "glue").glob("*.cpp"))
+        files += sorted((csrc / "cuda").glob("*.cu"))
+        files += sorted((csrc / "cuda" / "glue").glob("*.cpp"))
     return [str(f) for f in files]
 
 

@@ -38,11 +38,7 @@ void run(const host::AttentionConsistencyBackward& a) {
 }
 
 }  // namespace
-}  // namespace attnfast::cpu
 
-TORCH_LIBRARY_IMPL(attnfast, CPU, m) {
-  using namespace attnfast;
-  m.impl("attention_consistency", &host::attention_consistency<host::kCpu, cpu::run>);
-  m.impl("attention_consistency_backward",
-         &host::attention_consistency_backward<host::kCpu, cpu::run>);
-}
+TORCH_LIBRARY_IMPL(attnfast, CPU, m) { ATTNFAST_IMPL(m, kCpu, attention_consistency, run); }
+
+}  // namespace attnfast::cpu

@@ -9,34 +9,30 @@ namespace attnfast::cpu {
 namespace {
 
 void run(const host::ChannelWeights& a) {
-  const int64_t N = a.g.size(0), K = a.g.size(1), P = pixels(a.g);
-  const Layout L = layout_of(a.g);
+  const Big b(a.g);
   ATTNFAST_DISPATCH_BIG(a.g.scalar_type(), "attnfast::channel_weights", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* g = a.g.const_data_ptr<scalar_t>();
     acc_t* out = a.w.mutable_data_ptr<acc_t>();
-    parallel_blocks(N, K, kChannels, kChannels * P, [&](int64_t n, int64_t k0, int64_t k1) {
-      acc_t* on = out + n * K;
+    parallel_blocks(b.N, b.K, kChannels, kChannels * b.P, [&](int64_t n, int64_t k0, int64_t k1) {
+      acc_t* on = out + n * b.K;
       std::fill(on + k0, on + k1, acc_t(0));
-      add_channel_sums(g + n * L.sn, L, k0, k1, P, a.positive, on);
-      for (int64_t k = k0; k < k1; ++k) on[k] /= static_cast<acc_t>(P);
+      add_channel_sums(g + n * b.L.sn, b.L, k0, k1, b.P, a.positive, on);
+      for (int64_t k = k0; k < k1; ++k) on[k] /= static_cast<acc_t>(b.P);
     });
   });
 }
 
 void run(const host::ChannelWeightsBackward& a) {
-  const int64_t N = a.g.size(0), K = a.g.size(1), P = pixels(a.g);
-  const Layout L = layout_of(a.g);
+  const Big b(a.g);
   ATTNFAST_DISPATCH_BIG(a.g.scalar_type(), "attnfast::channel_weights_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* g = a.g.const_data_ptr<scalar_t>();
     const acc_t* up = a.grad.const_data_ptr<acc_t>();
     scalar_t* d = a.dg.work.mutable_data_ptr<scalar_t>();
-    parallel_blocks(N, K, kChannels, kChannels * P, [&](int64_t n, int64_t k0, int64_t k1) {
+    parallel_blocks(b.N, b.K, kChannels, kChannels * b.P, [&](int64_t n, int64_t k0, int64_t k1) {
       acc_t u[kChannels];  // grad / P of the block's channels, in a local (non-aliased) array
-      for (int64_t k = k0; k < k1; ++k) u[k - k0] = up[n * K + k] / static_cast<acc_t>(P);
-      const int64_t base = n * L.sn;
-      visit(L, k0, k1, 0, P, [&](int64_t k, int64_t, int64_t off) {
+      for (int64_t k = k0; k < k1; ++k) u[k - k0] = up[n * b.K + k] / static_cast<acc_t>(b.P);
+      const int64_t base = n * b.L.sn;
+      visit(b.L, k0, k1, 0, b.P, [&](int64_t k, int64_t, int64_t off) {
         d[base + off] = static_cast<scalar_t>(
             u[k - k0] * weight_term_grad(a.positive, static_cast<acc_t>(g[base + off])));
       });
@@ -45,10 +41,7 @@ void run(const host::ChannelWeightsBackward& a) {
 }
 
 }  // namespace
-}  // namespace attnfast::cpu
 
-TORCH_LIBRARY_IMPL(attnfast, CPU, m) {
-  using namespace attnfast;
-  m.impl("channel_weights", &host::channel_weights<host::kCpu, cpu::run>);
-  m.impl("channel_weights_backward", &host::channel_weights_backward<host::kCpu, cpu::run>);
-}
+TORCH_LIBRARY_IMPL(attnfast, CPU, m) { ATTNFAST_IMPL(m, kCpu, channel_weights, run); }
+
+}  // namespace attnfast::cpu

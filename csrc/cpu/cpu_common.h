@@ -19,18 +19,35 @@ using at::Tensor;
 using host::layout_of;
 using host::pixels;
 
-// Big tensors: float16, bfloat16, float32, float64; inside, `scalar_t` is the element type and
-// `acc_t` the accumulation type (float, double for float64).
-#define ATTNFAST_DISPATCH_BIG(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-// Small tensors (maps, weights, per-sample values) are already in the accumulation dtype.
-#define ATTNFAST_DISPATCH_ACC(TYPE, NAME, ...) AT_DISPATCH_FLOATING_TYPES(TYPE, NAME, __VA_ARGS__)
+// ATTNFAST_DISPATCH_BIG(dtype, name, [&] { ... }) runs the lambda for the dtype of a big tensor
+// (float16, bfloat16, float32, float64) with `scalar_t` the element type and `acc_t` the
+// accumulation type (float, double for float64) in scope.
+#define ATTNFAST_DISPATCH_BIG(TYPE, NAME, ...)                                     \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, [&] {       \
+    using acc_t = at::opmath_type<scalar_t>;                                        \
+    (__VA_ARGS__)();                                                                 \
+  })
+// The same for small tensors (maps, weights, per-sample values), which are already in the
+// accumulation dtype (float, double): `acc_t` is `scalar_t`.
+#define ATTNFAST_DISPATCH_ACC(TYPE, NAME, ...)      \
+  AT_DISPATCH_FLOATING_TYPES(TYPE, NAME, [&] {      \
+    using acc_t = scalar_t;                         \
+    (__VA_ARGS__)();                                \
+  })
 
 constexpr int64_t kBlock = 256;     // pixels per work item of the per-pixel reductions
 constexpr int64_t kChannels = 16;   // channels per work item of the per-channel reductions
 constexpr int64_t kGrainWork = 32768;  // elements below which a loop runs on one thread
 constexpr int64_t kTile = 256;      // tile extent along the inner (closer in memory) dimension
 constexpr int64_t kTileOuter = 16;  // tile extent along the outer dimension
+
+// A big N x K x H x W tensor as the loops read it: N x K x P, element (n, k, p) at n * L.sn +
+// k * L.sk + p * L.sp.
+struct Big {
+  int64_t N, K, P;
+  Layout L;
+  explicit Big(const Tensor& t) : N(t.size(0)), K(t.size(1)), P(pixels(t)), L(layout_of(t)) {}
+};
 
 // ---------------------------------------------------------------- loops
 // fn(n, b0, b1) for every sample n in [0, N) and every block [b0, b1) of [0, L) of size B, in

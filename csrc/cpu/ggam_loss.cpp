@@ -35,10 +35,7 @@ void run(const host::GgamLossBackward& a) {
 }
 
 }  // namespace
-}  // namespace attnfast::cpu
 
-TORCH_LIBRARY_IMPL(attnfast, CPU, m) {
-  using namespace attnfast;
-  m.impl("ggam_loss", &host::ggam_loss<host::kCpu, cpu::run>);
-  m.impl("ggam_loss_backward", &host::ggam_loss_backward<host::kCpu, cpu::run>);
-}
+TORCH_LIBRARY_IMPL(attnfast, CPU, m) { ATTNFAST_IMPL(m, kCpu, ggam_loss, run); }
+
+}  // namespace attnfast::cpu

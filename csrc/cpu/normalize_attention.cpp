@@ -33,11 +33,7 @@ void run(const host::NormalizeAttentionBackward& a) {
 }
 
 }  // namespace
-}  // namespace attnfast::cpu
 
-TORCH_LIBRARY_IMPL(attnfast, CPU, m) {
-  using namespace attnfast;
-  m.impl("normalize_attention", &host::normalize_attention<host::kCpu, cpu::run>);
-  m.impl("normalize_attention_backward",
-         &host::normalize_attention_backward<host::kCpu, cpu::run>);
-}
+TORCH_LIBRARY_IMPL(attnfast, CPU, m) { ATTNFAST_IMPL(m, kCpu, normalize_attention, run); }
+
+}  // namespace attnfast::cpu

@@ -9,38 +9,35 @@ namespace attnfast::cpu {
 namespace {
 
 void run(const host::PixelAttention& a) {
-  const int64_t N = a.f.size(0), K = a.f.size(1), P = pixels(a.f);
-  const Layout L = layout_of(a.f);
+  const Big b(a.f);
   ATTNFAST_DISPATCH_BIG(a.f.scalar_type(), "attnfast::pixel_attention", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t *f = a.f.const_data_ptr<scalar_t>(), *g = a.g.const_data_ptr<scalar_t>();
     acc_t* out = a.attn.mutable_data_ptr<acc_t>();
-    parallel_blocks(N, P, kBlock, kBlock * K, [&](int64_t n, int64_t p0, int64_t p1) {
+    parallel_blocks(b.N, b.P, kBlock, kBlock * b.K, [&](int64_t n, int64_t p0, int64_t p1) {
       acc_t z[kBlock] = {};
-      const int64_t base = n * L.sn;
-      visit(L, 0, K, p0, p1, [&](int64_t, int64_t p, int64_t off) {
+      const int64_t base = n * b.L.sn;
+      visit(b.L, 0, b.K, p0, p1, [&](int64_t, int64_t p, int64_t off) {
         z[p - p0] += static_cast<acc_t>(g[base + off]) * static_cast<acc_t>(f[base + off]);
       });
-      for (int64_t p = p0; p < p1; ++p) out[n * P + p] = relu(z[p - p0] / static_cast<acc_t>(K));
+      const acc_t k = static_cast<acc_t>(b.K);
+      for (int64_t p = p0; p < p1; ++p) out[n * b.P + p] = relu(z[p - p0] / k);
     });
   });
 }
 
 void run(const host::PixelAttentionBackward& a) {
-  const int64_t N = a.f.size(0), K = a.f.size(1), P = pixels(a.f);
-  const Layout L = layout_of(a.f);
+  const Big b(a.f);
   ATTNFAST_DISPATCH_BIG(a.f.scalar_type(), "attnfast::pixel_attention_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t *f = a.f.const_data_ptr<scalar_t>(), *g = a.g.const_data_ptr<scalar_t>();
     scalar_t *df = a.df.work.mutable_data_ptr<scalar_t>(),
              *dg = a.dg.work.mutable_data_ptr<scalar_t>();
     const acc_t *up = a.grad.const_data_ptr<acc_t>(), *ap = a.attn.const_data_ptr<acc_t>();
-    parallel_blocks(N, P, kBlock, kBlock * K, [&](int64_t n, int64_t p0, int64_t p1) {
+    parallel_blocks(b.N, b.P, kBlock, kBlock * b.K, [&](int64_t n, int64_t p0, int64_t p1) {
       acc_t e[kBlock];
       for (int64_t p = p0; p < p1; ++p)
-        e[p - p0] = up[n * P + p] * relu_grad(ap[n * P + p]) / static_cast<acc_t>(K);
-      const int64_t base = n * L.sn;
-      visit(L, 0, K, p0, p1, [&](int64_t, int64_t p, int64_t off) {
+        e[p - p0] = up[n * b.P + p] * relu_grad(ap[n * b.P + p]) / static_cast<acc_t>(b.K);
+      const int64_t base = n * b.L.sn;
+      visit(b.L, 0, b.K, p0, p1, [&](int64_t, int64_t p, int64_t off) {
         const acc_t fv = static_cast<acc_t>(f[base + off]), gv = static_cast<acc_t>(g[base + off]);
         df[base + off] = static_cast<scalar_t>(e[p - p0] * gv);
         dg[base + off] = static_cast<scalar_t>(e[p - p0] * fv);
@@ -50,10 +47,7 @@ void run(const host::PixelAttentionBackward& a) {
 }
 
 }  // namespace
-}  // namespace attnfast::cpu
 
-TORCH_LIBRARY_IMPL(attnfast, CPU, m) {
-  using namespace attnfast;
-  m.impl("pixel_attention", &host::pixel_attention<host::kCpu, cpu::run>);
-  m.impl("pixel_attention_backward", &host::pixel_attention_backward<host::kCpu, cpu::run>);
-}
+TORCH_LIBRARY_IMPL(attnfast, CPU, m) { ATTNFAST_IMPL(m, kCpu, pixel_attention, run); }
+
+}  // namespace attnfast::cpu

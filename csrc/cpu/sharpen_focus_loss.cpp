@@ -272,10 +272,7 @@ void run(const host::SharpenFocusLossBackward& a) {
 }
 
 }  // namespace
-}  // namespace attnfast::cpu
 
-TORCH_LIBRARY_IMPL(attnfast, CPU, m) {
-  using namespace attnfast;
-  m.impl("sharpen_focus_loss", &host::sharpen_focus_loss<host::kCpu, cpu::run>);
-  m.impl("sharpen_focus_loss_backward", &host::sharpen_focus_loss_backward<host::kCpu, cpu::run>);
-}
+TORCH_LIBRARY_IMPL(attnfast, CPU, m) { ATTNFAST_IMPL(m, kCpu, sharpen_focus_loss, run); }
+
+}  // namespace attnfast::cpu

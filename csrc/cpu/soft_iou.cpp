@@ -43,10 +43,7 @@ void run(const host::SoftIouBackward& a) {
 }
 
 }  // namespace
-}  // namespace attnfast::cpu
 
-TORCH_LIBRARY_IMPL(attnfast, CPU, m) {
-  using namespace attnfast;
-  m.impl("soft_iou", &host::soft_iou<host::kCpu, cpu::run>);
-  m.impl("soft_iou_backward", &host::soft_iou_backward<host::kCpu, cpu::run>);
-}
+TORCH_LIBRARY_IMPL(attnfast, CPU, m) { ATTNFAST_IMPL(m, kCpu, soft_iou, run); }
+
+}  // namespace attnfast::cpu

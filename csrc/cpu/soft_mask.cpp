@@ -42,10 +42,7 @@ void run(const host::SoftMaskBackward& a) {
 }
 
 }  // namespace
-}  // namespace attnfast::cpu
 
-TORCH_LIBRARY_IMPL(attnfast, CPU, m) {
-  using namespace attnfast;
-  m.impl("soft_mask", &host::soft_mask<host::kCpu, cpu::run>);
-  m.impl("soft_mask_backward", &host::soft_mask_backward<host::kCpu, cpu::run>);
-}
+TORCH_LIBRARY_IMPL(attnfast, CPU, m) { ATTNFAST_IMPL(m, kCpu, soft_mask, run); }
+
+}  // namespace attnfast::cpu

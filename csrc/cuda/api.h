@@ -1,6 +1,6 @@
 // The CUDA launchers of attnfast, framework-free: raw pointers, sizes, element strides
-// (common/defs.h Layout), a dtype tag and a cudaStream_t. csrc/cuda/glue.cpp is the only caller
-// and the only file that knows about tensors. One function per op of attnfast/_schema.py, same
+// (common/defs.h Layout), a dtype tag and a cudaStream_t. csrc/cuda/glue/ is the only caller and
+// the only CUDA code that knows about tensors. One function per op of attnfast/_schema.py, same
 // name; the math of each is attnfast/reference.py.
 //
 // Conventions (the ones attnfast/_schema.py lets kernels assume):

@@ -42,6 +42,14 @@ inline constexpr Target kCuda{c10::DeviceType::CUDA, false, "attnfast (CUDA): "}
 // then the outputs it writes).
 template <class Args> using Kernel = void (*)(const Args&);
 
+// Inside `TORCH_LIBRARY_IMPL(attnfast, <dispatch key>, m)`: registers the entry points of op `op`
+// and of `op`_backward (csrc/host/<family>.h) for target `tg` (kCpu, kCuda) with the backend's
+// kernels `run` (overloads, one per argument struct). The op's name is written once, so the
+// registered name, the entry point and the argument struct cannot drift apart.
+#define ATTNFAST_IMPL(m, tg, op, run)                                     \
+  m.impl(#op, &::attnfast::host::op<::attnfast::host::tg, run>);          \
+  m.impl(#op "_backward", &::attnfast::host::op##_backward<::attnfast::host::tg, run>)
+
 // ---------------------------------------------------------------- checks
 void check_device(const Tensor& t, const char* name, const Target& tg);
 void check_dim(const Tensor& t, const char* name, int64_t dim, const char* what, const Target& tg);

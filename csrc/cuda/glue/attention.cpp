@@ -40,15 +40,11 @@ void run(const host::PixelAttentionBackward& a) {
 }
 
 }  // namespace
-}  // namespace attnfast::cuda::glue
 
 TORCH_LIBRARY_IMPL(attnfast, CUDA, m) {
-  using namespace attnfast;
-  using cuda::glue::run;
-  m.impl("channel_weights", &host::channel_weights<host::kCuda, run>);
-  m.impl("channel_weights_backward", &host::channel_weights_backward<host::kCuda, run>);
-  m.impl("weighted_attention", &host::weighted_attention<host::kCuda, run>);
-  m.impl("weighted_attention_backward", &host::weighted_attention_backward<host::kCuda, run>);
-  m.impl("pixel_attention", &host::pixel_attention<host::kCuda, run>);
-  m.impl("pixel_attention_backward", &host::pixel_attention_backward<host::kCuda, run>);
+  ATTNFAST_IMPL(m, kCuda, channel_weights, run);
+  ATTNFAST_IMPL(m, kCuda, weighted_attention, run);
+  ATTNFAST_IMPL(m, kCuda, pixel_attention, run);
 }
+
+}  // namespace attnfast::cuda::glue

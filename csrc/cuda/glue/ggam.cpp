@@ -30,14 +30,10 @@ void run(const host::GgamLossBackward& a) {
 }
 
 }  // namespace
-}  // namespace attnfast::cuda::glue
 
 TORCH_LIBRARY_IMPL(attnfast, CUDA, m) {
-  using namespace attnfast;
-  using cuda::glue::run;
-  m.impl("channel_spatial_attention", &host::channel_spatial_attention<host::kCuda, run>);
-  m.impl("channel_spatial_attention_backward",
-         &host::channel_spatial_attention_backward<host::kCuda, run>);
-  m.impl("ggam_loss", &host::ggam_loss<host::kCuda, run>);
-  m.impl("ggam_loss_backward", &host::ggam_loss_backward<host::kCuda, run>);
+  ATTNFAST_IMPL(m, kCuda, channel_spatial_attention, run);
+  ATTNFAST_IMPL(m, kCuda, ggam_loss, run);
 }
+
+}  // namespace attnfast::cuda::glue

@@ -56,18 +56,12 @@ void run(const host::AttentionConsistencyBackward& a) {
 }
 
 }  // namespace
-}  // namespace attnfast::cuda::glue
 
 TORCH_LIBRARY_IMPL(attnfast, CUDA, m) {
-  using namespace attnfast;
-  using cuda::glue::run;
-  m.impl("normalize_attention", &host::normalize_attention<host::kCuda, run>);
-  m.impl("normalize_attention_backward", &host::normalize_attention_backward<host::kCuda, run>);
-  m.impl("soft_mask", &host::soft_mask<host::kCuda, run>);
-  m.impl("soft_mask_backward", &host::soft_mask_backward<host::kCuda, run>);
-  m.impl("soft_iou", &host::soft_iou<host::kCuda, run>);
-  m.impl("soft_iou_backward", &host::soft_iou_backward<host::kCuda, run>);
-  m.impl("attention_consistency", &host::attention_consistency<host::kCuda, run>);
-  m.impl("attention_consistency_backward",
-         &host::attention_consistency_backward<host::kCuda, run>);
+  ATTNFAST_IMPL(m, kCuda, normalize_attention, run);
+  ATTNFAST_IMPL(m, kCuda, soft_mask, run);
+  ATTNFAST_IMPL(m, kCuda, soft_iou, run);
+  ATTNFAST_IMPL(m, kCuda, attention_consistency, run);
 }
+
+}  // namespace attnfast::cuda::glue

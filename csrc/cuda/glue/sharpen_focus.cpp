@@ -37,11 +37,9 @@ void run(const host::SharpenFocusLossBackward& a) {
 }
 
 }  // namespace
-}  // namespace attnfast::cuda::glue
 
 TORCH_LIBRARY_IMPL(attnfast, CUDA, m) {
-  using namespace attnfast;
-  using cuda::glue::run;
-  m.impl("sharpen_focus_loss", &host::sharpen_focus_loss<host::kCuda, run>);
-  m.impl("sharpen_focus_loss_backward", &host::sharpen_focus_loss_backward<host::kCuda, run>);
+  ATTNFAST_IMPL(m, kCuda, sharpen_focus_loss, run);
 }
+
+}  // namespace attnfast::cuda::glue
