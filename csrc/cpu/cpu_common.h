@@ -24,16 +24,11 @@ using host::pixels;
 // accumulation type (float, double for float64) in scope.
 #define ATTNFAST_DISPATCH_BIG(TYPE, NAME, ...)                                     \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, [&] {       \
-    using acc_t = at::opmath_type<scalar_t>;                                        \
+    using acc_t [[maybe_unused]] = at::opmath_type<scalar_t>;                       \
     (__VA_ARGS__)();                                                                 \
   })
-// The same for small tensors (maps, weights, per-sample values), which are already in the
-// accumulation dtype (float, double): `acc_t` is `scalar_t`.
-#define ATTNFAST_DISPATCH_ACC(TYPE, NAME, ...)      \
-  AT_DISPATCH_FLOATING_TYPES(TYPE, NAME, [&] {      \
-    using acc_t = scalar_t;                         \
-    (__VA_ARGS__)();                                \
-  })
+// Small tensors (maps, weights, per-sample values) are already in the accumulation dtype.
+#define ATTNFAST_DISPATCH_ACC(TYPE, NAME, ...) AT_DISPATCH_FLOATING_TYPES(TYPE, NAME, __VA_ARGS__)
 
 constexpr int64_t kBlock = 256;     // pixels per work item of the per-pixel reductions
 constexpr int64_t kChannels = 16;   // channels per work item of the per-channel reductions
