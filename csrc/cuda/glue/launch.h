@@ -72,6 +72,8 @@ void launch(const Tensor& on, Launcher launcher, Args... args) {
     TorchScratch scratch(on);
     err = launcher(args..., scratch.handle(), stream);
   } else {
+    static_assert(std::is_invocable_v<Launcher, Args..., cudaStream_t>,
+                  "launch: the arguments do not match the launcher's parameters (api.h)");
     err = launcher(args..., stream);
   }
   C10_CUDA_CHECK(err);
