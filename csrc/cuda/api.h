@@ -111,14 +111,14 @@ struct SfLayerGrads {
   void* d_f;
   void* d_g[2];
 };
-using SfOptions = attnfast::SfOptions<float>;  // common/defs.h
+// The options (kind, sigma, omega, alpha, eps, normalize, mask_grad): SfOptions of common/defs.h.
 cudaError_t sharpen_focus_loss(DType dt, const SfLayer& inner, const SfLayer& last,
-                               const SfOptions& o, float* inner_iou, float* last_iou,
+                               const SfOptions<float>& o, float* inner_iou, float* last_iou,
                                float* consistency, Scratch scratch, cudaStream_t stream);
 cudaError_t sharpen_focus_loss_backward(DType dt, const float* g_inner_iou,
                                         const float* g_last_iou, const float* g_consistency,
                                         const SfLayer& inner, const SfLayer& last,
-                                        const SfOptions& o, const SfLayerGrads& d_inner,
+                                        const SfOptions<float>& o, const SfLayerGrads& d_inner,
                                         const SfLayerGrads& d_last, Scratch scratch,
                                         cudaStream_t stream);
 
