@@ -3,7 +3,7 @@
 // the math itself lives in csrc/common/*.h.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 

@@ -16,7 +16,9 @@
 //    place when that is the lead layout, else written in the lead layout and copied (BigOut).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <tuple>
 

@@ -5,7 +5,6 @@
 // registers them for the CUDA dispatch key.
 #pragma once
 
-#include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
