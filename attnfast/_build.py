@@ -2,8 +2,9 @@
 with ``torch.utils.cpp_extension.load`` (cached under ``$ATTNFAST_BUILD_DIR`` or
 ``~/.cache/attnfast``), saying so on one line while it compiles.
 
-Loading registers the ``attnfast::*`` ops (schemas in ``attnfast._schema``) with their CPU
-kernels, and their CUDA kernels when the extension was built with CUDA.
+Loading registers the CPU kernels of the ``attnfast::*`` ops, and their CUDA kernels when the
+extension was built with CUDA; the schemas themselves are defined here from ``attnfast._schema``
+(the C++ sources hold none).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ _state: dict = {}
 def _csrc() -> Path:
     here = Path(__file__).resolve().parent
     for cand in (here / "_csrc", here.parent / "csrc"):
-        if (cand / "ops.cpp").is_file():
+        if (cand / "module.cpp").is_file():
             return cand
     raise RuntimeError("attnfast: C++ sources not found next to the package; reinstall with "
                        "`pip install -e . --no-build-isolation`")
@@ -45,8 +46,30 @@ def _jit():
             build_directory=str(build), with_cuda=with_cuda, is_python_module=False)
 
 
+def _define(ns: str):
+    """Define every op of ``_schema.SCHEMAS`` in namespace ``ns`` (``torch.library``, kind "DEF")
+    and return the ``Library``; dropping it removes the definitions. A loaded C++ kernel whose
+    signature does not match its schema makes this raise a ``RuntimeError`` that names the op,
+    the schema and the kernel's inferred signature."""
+    from ._schema import SCHEMAS
+    lib = torch.library.Library(ns, "DEF")
+    try:
+        for name, schema in SCHEMAS.items():
+            lib.define(name + schema)
+    except Exception:
+        del lib  # its finalizer removes the ops defined so far
+        raise
+    return lib
+
+
 def load() -> bool:
-    """Load the extension once; True on success. The failure reason is kept for error messages."""
+    """Load the extension once; True on success. The failure reason is kept for error messages.
+
+    Order: the C++ library first (its ``TORCH_LIBRARY_IMPL`` blocks register kernels for ops not
+    yet defined, which the dispatcher allows), then the schemas of ``_schema.SCHEMAS``
+    (``_define``), then autograd and fake kernels. Defining after loading makes a kernel
+    whose C++ signature does not match its schema a ``RuntimeError`` here, kept as the reason;
+    defining first would turn the same mismatch into an uncatchable abort inside ``dlopen``."""
     if "ok" not in _state:
         try:
             if os.environ.get("ATTNFAST_NO_EXTENSION"):
@@ -56,6 +79,7 @@ def load() -> bool:
             except ImportError:
                 _jit()
             from . import _register
+            _state["library"] = _define("attnfast")
             _register.register("attnfast", fakes=True)
             _state["ok"] = True
         except Exception as exc:  # keep the reason: it goes into every "not available" error

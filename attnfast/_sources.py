@@ -4,10 +4,14 @@ from pathlib import Path
 
 
 def sources(csrc: Path, with_cuda: bool):
-    """csrc/ops.cpp + csrc/cpu/*.cpp; with CUDA also csrc/cuda/*.cu and csrc/cuda/*.cpp."""
-    files = [csrc / "ops.cpp", *sorted((csrc / "cpu").glob("*.cpp"))]
+    """csrc/module.cpp (the empty Python module), csrc/host/*.cpp (the host layer shared by CPU
+    and CUDA) and csrc/cpu/*.cpp; with CUDA also csrc/cuda/*.cu (the kernels, framework-free) and
+    csrc/cuda/glue/*.cpp (their CUDA dispatch)."""
+    files = [csrc / "module.cpp", *sorted((csrc / "host").glob("*.cpp")),
+             *sorted((csrc / "cpu").glob("*.cpp"))]
     if with_cuda:
-        files += sorted((csrc / "cuda").glob("*.cu")) + sorted((csrc / "cuda").glob("*.cpp"))
+        files += sorted((csrc / "cuda").glob("*.cu"))
+        files += sorted((csrc / "cuda" / "glue").glob("*.cpp"))
     return [str(f) for f in files]
 
 

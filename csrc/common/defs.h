@@ -17,6 +17,13 @@ namespace attnfast {
 // Attention kinds, as the `kind` argument of sharpen_focus_loss encodes them.
 enum Kind : int64_t { kPixel = 0, kChannel = 1, kGradcam = 2 };
 
+// The non-tensor arguments of sharpen_focus_loss (attnfast/_schema.py), in T (float, double).
+template <class T> struct SfOptions {
+  int64_t kind;  // Kind
+  T sigma, omega, alpha, eps;
+  bool normalize, mask_grad;
+};
+
 // Element strides of a big tensor seen as N x K x P, P = H * W, pixel p = i * W + j:
 // element (n, k, p) sits at n * sn + k * sk + p * sp. Contiguous NCHW is (K P, P, 1),
 // channels_last is (P K, 1, K); a dimension of size 1 is given stride 0.

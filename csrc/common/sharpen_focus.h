@@ -13,11 +13,6 @@
 
 namespace attnfast {
 
-template <class T> struct SfOptions {
-  T sigma, omega, alpha, eps;
-  bool normalize, mask_grad;
-};
-
 struct SfShape {
   int64_t hi, wi, hl, wl;
   ATTNFAST_HD int64_t pi() const { return hi * wi; }

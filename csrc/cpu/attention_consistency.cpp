@@ -1,51 +1,44 @@
 // attention_consistency: v[n] = alpha - sum_p A M / (sum_p A + eps) -- Sharpen Focus Eq. 8.
 // backward: common/maps.h consistency_backward_add.
+#include <torch/library.h>
+
 #include "common/maps.h"
-#include "cpu/kernels.h"
+#include "cpu/cpu_common.h"
+#include "host/maps.h"
 
 namespace attnfast::cpu {
+namespace {
 
-static std::tuple<Tensor, Tensor> consistency_inputs(const Tensor& attn, const Tensor& mask) {
-  check_dim(attn, "attn", 3, "N x H x W (a map)");
-  check_shape(mask, "mask", attn.sizes());
-  const auto acc = acc_dtype(attn);
-  return {small(attn, acc), small(mask, acc)};
-}
-
-Tensor attention_consistency(const Tensor& attn, const Tensor& mask, double alpha, double eps) {
-  Tensor a, m;
-  std::tie(a, m) = consistency_inputs(attn, mask);
-  const int64_t N = a.size(0), P = a.size(1) * a.size(2);
-  Tensor out = at::empty({N}, a.options());
-  ATTNFAST_DISPATCH_ACC(a.scalar_type(), "attnfast::attention_consistency", [&] {
+void run(const host::AttentionConsistency& a) {
+  const int64_t N = a.attn.size(0), P = a.attn.size(1) * a.attn.size(2);
+  ATTNFAST_DISPATCH_ACC(a.attn.scalar_type(), "attnfast::attention_consistency", [&] {
     using T = scalar_t;
-    const T *ap = a.const_data_ptr<T>(), *mp = m.const_data_ptr<T>();
-    T* op = out.mutable_data_ptr<T>();
+    const T *ap = a.attn.const_data_ptr<T>(), *mp = a.mask.const_data_ptr<T>();
+    T* op = a.out.mutable_data_ptr<T>();
     for_each_sample<T>(N, P, 0, [&](int64_t n, T*) {
-      op[n] = consistency(ap + n * P, mp + n * P, P, T(alpha), T(eps));
+      op[n] = consistency(ap + n * P, mp + n * P, P, T(a.alpha), T(a.eps));
     });
   });
-  return out;
 }
 
-Tensor2 attention_consistency_backward(const Tensor& grad, const Tensor& attn, const Tensor& mask,
-                                       double alpha, double eps) {
-  Tensor a, m;
-  std::tie(a, m) = consistency_inputs(attn, mask);
-  const int64_t N = a.size(0), P = a.size(1) * a.size(2);
-  check_shape(grad, "grad", {N});
-  const Tensor g = small(grad, a.scalar_type());
-  Tensor da = at::zeros_like(a), dm = at::zeros_like(m);
-  ATTNFAST_DISPATCH_ACC(a.scalar_type(), "attnfast::attention_consistency_backward", [&] {
+void run(const host::AttentionConsistencyBackward& a) {
+  const int64_t N = a.attn.size(0), P = a.attn.size(1) * a.attn.size(2);
+  ATTNFAST_DISPATCH_ACC(a.attn.scalar_type(), "attnfast::attention_consistency_backward", [&] {
     using T = scalar_t;
-    const T *ap = a.const_data_ptr<T>(), *mp = m.const_data_ptr<T>(), *gp = g.const_data_ptr<T>();
-    T *dap = da.mutable_data_ptr<T>(), *dmp = dm.mutable_data_ptr<T>();
+    const T *ap = a.attn.const_data_ptr<T>(), *mp = a.mask.const_data_ptr<T>(),
+            *gp = a.grad.const_data_ptr<T>();
+    T *dap = a.d_attn.mutable_data_ptr<T>(), *dmp = a.d_mask.mutable_data_ptr<T>();
     for_each_sample<T>(N, P, 0, [&](int64_t n, T*) {
-      consistency_backward_add(gp[n], ap + n * P, mp + n * P, P, T(eps), dap + n * P, dmp + n * P);
+      fill(dap + n * P, P, T(0));
+      fill(dmp + n * P, P, T(0));
+      consistency_backward_add(gp[n], ap + n * P, mp + n * P, P, T(a.eps), dap + n * P,
+                               dmp + n * P);
     });
   });
-  (void)alpha;  // the constant alpha has no gradient
-  return {da, dm};
 }
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(attnfast, CPU, m) { ATTNFAST_IMPL(m, kCpu, attention_consistency, run); }
 
 }  // namespace attnfast::cpu

@@ -3,13 +3,16 @@
 // backward (grad_out = dD, grad_spatial = dT_direct):
 //   dT = grad_spatial + sum_k dD[k,p] F[k,p];  dc = (dT - sum_q dT[q] T[q]) / (sum_q c[q] + eps)
 //   dF[k,p] = dD[k,p] T[p] + dc[p] S[k];       dS[k] = sum_p dc[p] F[k,p].
-// T is recomputed from F and S in the backward (`spatial` is only shape-checked).
-#include "cpu/kernels.h"
+#include <torch/library.h>
+
+#include "cpu/cpu_common.h"
+#include "host/ggam.h"
 
 namespace attnfast::cpu {
+namespace {
 
 // T[p] = c[p] / (sum_q c[q] + eps) in place; returns the denominator.
-template <class T> static T spatial_from_colsum(T* c, int64_t P, T eps) {
+template <class T> T spatial_from_colsum(T* c, int64_t P, T eps) {
   T total = T(0);
   for (int64_t p = 0; p < P; ++p) total += c[p];
   const T den = total + eps;
@@ -17,105 +20,86 @@ template <class T> static T spatial_from_colsum(T* c, int64_t P, T eps) {
   return den;
 }
 
-Tensor2 channel_spatial_attention(const Tensor& features, const Tensor& channel_weights,
-                                  double eps) {
-  check_big(features, "features");
-  const Tensor F = dense(features);
-  const int64_t N = F.size(0), K = F.size(1), P = pixels(F);
-  const Layout L = layout_of(F);
-  check_shape(channel_weights, "channel_weights", {N, K});
-  const Tensor S = small(channel_weights, acc_dtype(F));
-  Tensor Tmap = at::empty({N, F.size(2), F.size(3)}, S.options());
-  BigOut D(features, F);
+void run(const host::ChannelSpatialAttention& a) {
+  const Tensor& F = a.f;
+  const Big b(F);
   ATTNFAST_DISPATCH_BIG(F.scalar_type(), "attnfast::channel_spatial_attention", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* f = F.const_data_ptr<scalar_t>();
-    scalar_t* d = D.work.mutable_data_ptr<scalar_t>();
-    const acc_t* s = S.const_data_ptr<acc_t>();
-    acc_t* t = Tmap.mutable_data_ptr<acc_t>();
-    parallel_blocks(N, P, kBlock, kBlock * K, [&](int64_t n, int64_t p0, int64_t p1) {
+    scalar_t* d = a.out.work.mutable_data_ptr<scalar_t>();
+    const acc_t* s = a.s.const_data_ptr<acc_t>();
+    acc_t* t = a.spatial.mutable_data_ptr<acc_t>();
+    parallel_blocks(b.N, b.P, kBlock, kBlock * b.K, [&](int64_t n, int64_t p0, int64_t p1) {
       acc_t c[kBlock] = {};
-      const int64_t base = n * L.sn;
-      visit(L, 0, K, p0, p1, [&](int64_t k, int64_t p, int64_t off) {
-        c[p - p0] += s[n * K + k] * static_cast<acc_t>(f[base + off]);
+      const int64_t base = n * b.L.sn;
+      visit(b.L, 0, b.K, p0, p1, [&](int64_t k, int64_t p, int64_t off) {
+        c[p - p0] += s[n * b.K + k] * static_cast<acc_t>(f[base + off]);
       });
-      std::copy(c, c + (p1 - p0), t + n * P + p0);
+      std::copy(c, c + (p1 - p0), t + n * b.P + p0);
     });
-    for_each_sample<acc_t>(N, P, 0, [&](int64_t n, acc_t*) {
-      spatial_from_colsum(t + n * P, P, static_cast<acc_t>(eps));
+    for_each_sample<acc_t>(b.N, b.P, 0, [&](int64_t n, acc_t*) {
+      spatial_from_colsum(t + n * b.P, b.P, static_cast<acc_t>(a.eps));
     });
-    parallel_blocks(N, P, kBlock, kBlock * K, [&](int64_t n, int64_t p0, int64_t p1) {
-      const int64_t base = n * L.sn;
-      visit(L, 0, K, p0, p1, [&](int64_t, int64_t p, int64_t off) {
-        d[base + off] = static_cast<scalar_t>(static_cast<acc_t>(f[base + off]) * t[n * P + p]);
+    parallel_blocks(b.N, b.P, kBlock, kBlock * b.K, [&](int64_t n, int64_t p0, int64_t p1) {
+      const int64_t base = n * b.L.sn;
+      visit(b.L, 0, b.K, p0, p1, [&](int64_t, int64_t p, int64_t off) {
+        d[base + off] = static_cast<scalar_t>(static_cast<acc_t>(f[base + off]) * t[n * b.P + p]);
       });
     });
   });
-  return {D.done(), Tmap};
 }
 
-Tensor2 channel_spatial_attention_backward(const Tensor& grad_out, const Tensor& grad_spatial,
-                                           const Tensor& features, const Tensor& channel_weights,
-                                           const Tensor& spatial, double eps) {
-  check_big(features, "features");
-  check_big(grad_out, "grad_out");
-  check_shape(grad_out, "grad_out", features.sizes());
-  const Tensor F = dense(features);
-  const Tensor gD = like_layout(grad_out.to(F.scalar_type()), F);
-  const int64_t N = F.size(0), K = F.size(1), P = pixels(F);
-  const Layout L = layout_of(F);
-  const auto acc = acc_dtype(F);
-  check_shape(channel_weights, "channel_weights", {N, K});
-  check_shape(grad_spatial, "grad_spatial", {N, F.size(2), F.size(3)});
-  check_shape(spatial, "spatial", {N, F.size(2), F.size(3)});
-  const Tensor S = small(channel_weights, acc), gT = small(grad_spatial, acc);
-  Tensor tmap = at::empty({N, P}, S.options()), dcol = at::empty({N, P}, S.options());
-  BigOut dF(features, F);
-  Tensor dS = at::empty({N, K}, S.options());
+// `spatial` is not read: T is recomputed from F and S.
+void run(const host::ChannelSpatialAttentionBackward& a) {
+  const Tensor& F = a.f;
+  const Big b(F);
+  const auto scratch = F.options().dtype(a.ds.scalar_type());
+  Tensor tmap = at::empty({b.N, b.P}, scratch), dcol = at::empty({b.N, b.P}, scratch);
   ATTNFAST_DISPATCH_BIG(F.scalar_type(), "attnfast::channel_spatial_attention_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t *f = F.const_data_ptr<scalar_t>(), *gd = gD.const_data_ptr<scalar_t>();
-    scalar_t* df = dF.work.mutable_data_ptr<scalar_t>();
-    const acc_t *s = S.const_data_ptr<acc_t>(), *gt = gT.const_data_ptr<acc_t>();
+    const scalar_t *f = F.const_data_ptr<scalar_t>(), *gd = a.grad_out.const_data_ptr<scalar_t>();
+    scalar_t* df = a.df.work.mutable_data_ptr<scalar_t>();
+    const acc_t *s = a.s.const_data_ptr<acc_t>(), *gt = a.grad_spatial.const_data_ptr<acc_t>();
     acc_t *t = tmap.mutable_data_ptr<acc_t>(), *dc = dcol.mutable_data_ptr<acc_t>();
-    acc_t* ds = dS.mutable_data_ptr<acc_t>();
+    acc_t* ds = a.ds.mutable_data_ptr<acc_t>();
     // pass 1: c[p] (into t) and sum_k dD F (into dc)
-    parallel_blocks(N, P, kBlock, kBlock * K, [&](int64_t n, int64_t p0, int64_t p1) {
+    parallel_blocks(b.N, b.P, kBlock, kBlock * b.K, [&](int64_t n, int64_t p0, int64_t p1) {
       acc_t c[kBlock] = {}, h[kBlock] = {};
-      const int64_t base = n * L.sn;
-      visit(L, 0, K, p0, p1, [&](int64_t k, int64_t p, int64_t off) {
+      const int64_t base = n * b.L.sn;
+      visit(b.L, 0, b.K, p0, p1, [&](int64_t k, int64_t p, int64_t off) {
         const acc_t fv = static_cast<acc_t>(f[base + off]);
-        c[p - p0] += s[n * K + k] * fv;
+        c[p - p0] += s[n * b.K + k] * fv;
         h[p - p0] += static_cast<acc_t>(gd[base + off]) * fv;
       });
-      std::copy(c, c + (p1 - p0), t + n * P + p0);
-      std::copy(h, h + (p1 - p0), dc + n * P + p0);
+      std::copy(c, c + (p1 - p0), t + n * b.P + p0);
+      std::copy(h, h + (p1 - p0), dc + n * b.P + p0);
     });
     // per sample: T, then dc = (dT - sum dT T) / den
-    for_each_sample<acc_t>(N, 4 * P, 0, [&](int64_t n, acc_t*) {
-      acc_t *tn = t + n * P, *dn = dc + n * P;
-      const acc_t den = spatial_from_colsum(tn, P, static_cast<acc_t>(eps));
+    for_each_sample<acc_t>(b.N, 4 * b.P, 0, [&](int64_t n, acc_t*) {
+      acc_t *tn = t + n * b.P, *dn = dc + n * b.P;
+      const acc_t den = spatial_from_colsum(tn, b.P, static_cast<acc_t>(a.eps));
       acc_t dot = acc_t(0);
-      for (int64_t p = 0; p < P; ++p) {
-        dn[p] += gt[n * P + p];
+      for (int64_t p = 0; p < b.P; ++p) {
+        dn[p] += gt[n * b.P + p];
         dot += dn[p] * tn[p];
       }
-      for (int64_t p = 0; p < P; ++p) dn[p] = (dn[p] - dot) / den;
+      for (int64_t p = 0; p < b.P; ++p) dn[p] = (dn[p] - dot) / den;
     });
     // pass 2: dF and dS
-    parallel_blocks(N, K, kChannels, kChannels * P, [&](int64_t n, int64_t k0, int64_t k1) {
+    parallel_blocks(b.N, b.K, kChannels, kChannels * b.P, [&](int64_t n, int64_t k0, int64_t k1) {
       acc_t r[kChannels] = {};
-      const int64_t base = n * L.sn;
-      const acc_t *tn = t + n * P, *dn = dc + n * P;
-      visit(L, k0, k1, 0, P, [&](int64_t k, int64_t p, int64_t off) {
+      const int64_t base = n * b.L.sn;
+      const acc_t *tn = t + n * b.P, *dn = dc + n * b.P;
+      visit(b.L, k0, k1, 0, b.P, [&](int64_t k, int64_t p, int64_t off) {
         r[k - k0] += dn[p] * static_cast<acc_t>(f[base + off]);
         df[base + off] = static_cast<scalar_t>(static_cast<acc_t>(gd[base + off]) * tn[p] +
-                                               dn[p] * s[n * K + k]);
+                                               dn[p] * s[n * b.K + k]);
       });
-      for (int64_t k = k0; k < k1; ++k) ds[n * K + k] = r[k - k0];
+      for (int64_t k = k0; k < k1; ++k) ds[n * b.K + k] = r[k - k0];
     });
   });
-  return {dF.done(), dS};
 }
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(attnfast, CPU, m) { ATTNFAST_IMPL(m, kCpu, channel_spatial_attention, run); }
 
 }  // namespace attnfast::cpu

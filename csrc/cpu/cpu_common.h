@@ -1,27 +1,32 @@
-// Helpers every CPU kernel uses: dtype dispatch, the layout of big tensors, light argument
-// checks, and the parallel / traversal loops. The math itself lives in csrc/common/*.h.
+// Helpers every CPU kernel uses: dtype dispatch and the parallel / traversal loops over the
+// layouts of big tensors. Arguments arrive checked and prepared by the host layer (csrc/host/);
+// the math itself lives in csrc/common/*.h.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <tuple>
 #include <vector>
 
 #include "common/defs.h"
+#include "host/host.h"
 
 namespace attnfast::cpu {
 
 using at::Tensor;
-using Tensor2 = std::tuple<Tensor, Tensor>;
-using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
+using host::layout_of;
+using host::pixels;
 
-// Big tensors: float16, bfloat16, float32, float64; inside, `scalar_t` is the element type and
-// `acc_t` the accumulation type (float, double for float64).
-#define ATTNFAST_DISPATCH_BIG(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+// ATTNFAST_DISPATCH_BIG(dtype, name, [&] { ... }) runs the lambda for the dtype of a big tensor
+// (float16, bfloat16, float32, float64) with `scalar_t` the element type and `acc_t` the
+// accumulation type (float, double for float64) in scope.
+#define ATTNFAST_DISPATCH_BIG(TYPE, NAME, ...)                                     \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, [&] {       \
+    using acc_t [[maybe_unused]] = at::opmath_type<scalar_t>;                       \
+    (__VA_ARGS__)();                                                                 \
+  })
 // Small tensors (maps, weights, per-sample values) are already in the accumulation dtype.
 #define ATTNFAST_DISPATCH_ACC(TYPE, NAME, ...) AT_DISPATCH_FLOATING_TYPES(TYPE, NAME, __VA_ARGS__)
 
@@ -31,38 +36,12 @@ constexpr int64_t kGrainWork = 32768;  // elements below which a loop runs on on
 constexpr int64_t kTile = 256;      // tile extent along the inner (closer in memory) dimension
 constexpr int64_t kTileOuter = 16;  // tile extent along the outer dimension
 
-// float64 if t is float64, else float32.
-inline at::ScalarType acc_dtype(const Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-// ---------------------------------------------------------------- checks (Python checks first)
-void check_big(const Tensor& t, const char* name);
-void check_same_big(const Tensor& ref, const char* ref_name, const Tensor& t, const char* name);
-void check_dim(const Tensor& t, const char* name, int64_t dim, const char* what);
-void check_shape(const Tensor& t, const char* name, at::IntArrayRef want);
-
-// Contiguous, in dtype: a small tensor as the kernels read it (no copy when it already is).
-inline Tensor small(const Tensor& t, at::ScalarType dtype) { return t.to(dtype).contiguous(); }
-
-// ---------------------------------------------------------------- layout of big tensors
-// N x K x H x W tensors are read as N x K x P (p = i * W + j) through element strides.
-inline int64_t pixels(const Tensor& t) { return t.size(2) * t.size(3); }
-Layout layout_of(const Tensor& t);
-// t itself when dense, non-overlapping and pixel-strided (NCHW, channels_last), else a
-// contiguous copy: the layout every other big tensor of an op call is brought to.
-Tensor dense(const Tensor& t);
-// t itself when laid out like `ref` (a `dense` tensor), else a copy laid out like ref.
-Tensor like_layout(const Tensor& t, const Tensor& ref);
-
-// The gradient of an input: `user` is allocated like the caller's input (empty_like: its dtype
-// and memory format); kernels write `work`, which has the layout of `ref` (a 4-D input) or is
-// contiguous in the accumulation dtype of ref (a small input); `done()` copies work into user
-// when they differ.
-struct BigOut {
-  Tensor user, work;
-  BigOut(const Tensor& input, const Tensor& ref);
-  Tensor done() const;
+// A big N x K x H x W tensor as the loops read it: N x K x P, element (n, k, p) at n * L.sn +
+// k * L.sk + p * L.sp.
+struct Big {
+  int64_t N, K, P;
+  Layout L;
+  explicit Big(const Tensor& t) : N(t.size(0)), K(t.size(1)), P(pixels(t)), L(layout_of(t)) {}
 };
 
 // ---------------------------------------------------------------- loops

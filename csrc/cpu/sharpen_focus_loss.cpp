@@ -13,44 +13,16 @@
 //   pixel mode:   dF += (e/K) g,  dg = (e/K) F
 //   weights mode: dF += e w[k],   r[k] = sum_p e F;  then dg[k,p] = r[k]/P * [g > 0 or 1] (4-D,
 //                 a write pass over g) or dg[k] = r[k] * dw/dg (N x K; no K x H x W tensor).
+#include <torch/library.h>
+
 #include <type_traits>
 
 #include "common/sharpen_focus.h"
 #include "cpu/channel_weights.h"
-#include "cpu/kernels.h"
+#include "host/sharpen_focus.h"
 
 namespace attnfast::cpu {
 namespace {
-
-// One layer as the kernels read it: F dense, each gradient 4-D in F's layout or N x K.
-struct LayerIn {
-  Tensor f, g[2];
-  Layout L;
-  int64_t K, H, W, P;
-  bool two_d[2];
-};
-
-LayerIn layer_in(const Tensor& features, const Tensor& grads_t, const Tensor& grads_c,
-                 const char* const names[3]) {
-  check_big(features, names[0]);
-  LayerIn in;
-  in.f = dense(features);
-  in.L = layout_of(in.f);
-  in.K = in.f.size(1), in.H = in.f.size(2), in.W = in.f.size(3), in.P = in.H * in.W;
-  const Tensor* gs[2] = {&grads_t, &grads_c};
-  for (int c = 0; c < 2; ++c) {
-    const Tensor& g = *gs[c];
-    in.two_d[c] = g.dim() == 2;
-    if (in.two_d[c]) {
-      check_shape(g, names[1 + c], {in.f.size(0), in.K});
-      in.g[c] = small(g, acc_dtype(in.f));
-    } else {
-      check_same_big(features, names[0], g, names[1 + c]);
-      in.g[c] = like_layout(g, in.f);
-    }
-  }
-  return in;
-}
 
 // Raw pointers of one layer (S: element type, A: accumulation type); outputs null in forward.
 template <class S, class A> struct Layer {
@@ -65,18 +37,18 @@ template <class S, class A> struct Layer {
   bool px[2];  // pixel mode per class
 };
 
-template <class S, class A> Layer<S, A> layer_ptrs(const LayerIn& in, int64_t kind) {
+template <class S, class A> Layer<S, A> layer_ptrs(const host::SfLayer& in, int64_t kind) {
   Layer<S, A> ly;
   ly.f = in.f.const_data_ptr<S>();
   for (int c = 0; c < 2; ++c) {
-    if (in.two_d[c]) {
+    if (in.flat[c]) {
       ly.g2[c] = in.g[c].const_data_ptr<A>();
     } else {
       ly.g[c] = in.g[c].const_data_ptr<S>();
     }
-    ly.px[c] = kind == kPixel && !in.two_d[c];
+    ly.px[c] = kind == kPixel && !in.flat[c];
   }
-  ly.L = in.L, ly.K = in.K, ly.P = in.P, ly.kind = kind;
+  ly.L = layout_of(in.f), ly.K = in.f.size(1), ly.P = pixels(in.f), ly.kind = kind;
   return ly;
 }
 
@@ -219,25 +191,14 @@ void layer_backward(const Layer<S, A>& ly, int64_t n, const A* w, const A* a0, c
     if (!ly.px[c]) class_weights_backward(ly, c, n, r + c * K);
 }
 
-const char* const kInnerNames[3] = {"inner_features", "inner_grads_target", "inner_grads_confuser"};
-const char* const kLastNames[3] = {"last_features", "last_grads_target", "last_grads_confuser"};
-
-void check_pair(const LayerIn& inner, const LayerIn& last, int64_t kind) {
-  TORCH_CHECK(kind >= kPixel && kind <= kGradcam,
-              "attnfast: kind must be 0 (pixel), 1 (channel) or 2 (gradcam), got ", kind);
-  TORCH_CHECK(inner.f.size(0) == last.f.size(0), "attnfast: inner_features has N = ",
-              inner.f.size(0), " but last_features has N = ", last.f.size(0));
-  TORCH_CHECK(inner.f.scalar_type() == last.f.scalar_type(), "attnfast: inner_features has dtype ",
-              inner.f.scalar_type(), " but last_features has dtype ", last.f.scalar_type());
-}
-
 // Thread-local scratch of one sample: 4 maps, 4 map gradients, weights of both layers, r, and
 // the map math's own scratch.
 struct Scratch {
   int64_t pi, pl, ki, kl;
   SfShape shape;
-  Scratch(const LayerIn& i, const LayerIn& l)
-      : pi(i.P), pl(l.P), ki(i.K), kl(l.K), shape{i.H, i.W, l.H, l.W} {}
+  Scratch(const Tensor& fi, const Tensor& fl)
+      : pi(pixels(fi)), pl(pixels(fl)), ki(fi.size(1)), kl(fl.size(1)),
+        shape{fi.size(2), fi.size(3), fl.size(2), fl.size(3)} {}
   int64_t size() const {
     return 2 * (2 * pi + 2 * pl) + 2 * ki + 2 * kl + 2 * std::max(ki, kl) + sf_scratch_size(shape);
   }
@@ -253,34 +214,17 @@ struct Scratch {
   }
 };
 
-template <class A>
-SfOptions<A> sf_options(double sigma, double omega, double alpha, bool normalize, bool mask_grad,
-                        double eps) {
-  return {A(sigma), A(omega), A(alpha), A(eps), normalize, mask_grad};
-}
-
-}  // namespace
-
-Tensor3 sharpen_focus_loss(const Tensor& inner_features, const Tensor& inner_grads_target,
-                           const Tensor& inner_grads_confuser, const Tensor& last_features,
-                           const Tensor& last_grads_target, const Tensor& last_grads_confuser,
-                           int64_t kind, double sigma, double omega, double alpha, bool normalize,
-                           bool mask_grad, double eps) {
-  const LayerIn in_i = layer_in(inner_features, inner_grads_target, inner_grads_confuser, kInnerNames);
-  const LayerIn in_l = layer_in(last_features, last_grads_target, last_grads_confuser, kLastNames);
-  check_pair(in_i, in_l, kind);
-  const int64_t N = in_i.f.size(0);
-  const auto opts = in_i.f.options().dtype(acc_dtype(in_i.f));
-  Tensor inner_iou = at::empty({N}, opts), last_iou = at::empty({N}, opts),
-         consistency = at::empty({N}, opts);
-  const Scratch sc(in_i, in_l);
+void run(const host::SharpenFocusLoss& a) {
+  const host::SfLayer &in_i = a.in.layer[0], &in_l = a.in.layer[1];
+  const int64_t N = a.in.n, kind = a.in.o.kind;
+  const Scratch sc(in_i.f, in_l.f);
   ATTNFAST_DISPATCH_BIG(in_i.f.scalar_type(), "attnfast::sharpen_focus_loss", [&] {
     using A = at::opmath_type<scalar_t>;
     const auto li = layer_ptrs<scalar_t, A>(in_i, kind), ll = layer_ptrs<scalar_t, A>(in_l, kind);
-    const auto o = sf_options<A>(sigma, omega, alpha, normalize, mask_grad, eps);
-    A *oi = inner_iou.mutable_data_ptr<A>(), *ol = last_iou.mutable_data_ptr<A>(),
-      *oc = consistency.mutable_data_ptr<A>();
-    const int64_t work = 3 * (in_i.K * in_i.P + in_l.K * in_l.P);
+    const auto o = host::options_as<A>(a.in.o);
+    A *oi = a.inner_iou.mutable_data_ptr<A>(), *ol = a.last_iou.mutable_data_ptr<A>(),
+      *oc = a.consistency.mutable_data_ptr<A>();
+    const int64_t work = 3 * (sc.ki * sc.pi + sc.kl * sc.pl);
     for_each_sample<A>(N, work, sc.size(), [&](int64_t n, A* s) {
       const auto q = sc.split(s);
       layer_maps(li, n, q.wi, q.ti, q.ci);
@@ -290,49 +234,31 @@ Tensor3 sharpen_focus_loss(const Tensor& inner_features, const Tensor& inner_gra
       oi[n] = v[0], ol[n] = v[1], oc[n] = v[2];
     });
   });
-  return {inner_iou, last_iou, consistency};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sharpen_focus_loss_backward(
-    const Tensor& grad_inner_iou, const Tensor& grad_last_iou, const Tensor& grad_consistency,
-    const Tensor& inner_features, const Tensor& inner_grads_target,
-    const Tensor& inner_grads_confuser, const Tensor& last_features,
-    const Tensor& last_grads_target, const Tensor& last_grads_confuser, int64_t kind,
-    double sigma, double omega, double alpha, bool normalize, bool mask_grad, double eps) {
-  const LayerIn in_i = layer_in(inner_features, inner_grads_target, inner_grads_confuser, kInnerNames);
-  const LayerIn in_l = layer_in(last_features, last_grads_target, last_grads_confuser, kLastNames);
-  check_pair(in_i, in_l, kind);
-  const int64_t N = in_i.f.size(0);
-  const auto acc = acc_dtype(in_i.f);
-  check_shape(grad_inner_iou, "grad_inner_iou", {N});
-  check_shape(grad_last_iou, "grad_last_iou", {N});
-  check_shape(grad_consistency, "grad_consistency", {N});
-  const Tensor gi = small(grad_inner_iou, acc), gl = small(grad_last_iou, acc),
-               gc = small(grad_consistency, acc);
-  BigOut outs[6] = {{inner_features, in_i.f},    {inner_grads_target, in_i.f},
-                    {inner_grads_confuser, in_i.f}, {last_features, in_l.f},
-                    {last_grads_target, in_l.f}, {last_grads_confuser, in_l.f}};
-  const Scratch sc(in_i, in_l);
+void run(const host::SharpenFocusLossBackward& a) {
+  const host::SfLayer &in_i = a.in.layer[0], &in_l = a.in.layer[1];
+  const int64_t N = a.in.n, kind = a.in.o.kind;
+  const Scratch sc(in_i.f, in_l.f);
   ATTNFAST_DISPATCH_BIG(in_i.f.scalar_type(), "attnfast::sharpen_focus_loss_backward", [&] {
     using S = scalar_t;
     using A = at::opmath_type<S>;
     Layer<S, A> ly[2] = {layer_ptrs<S, A>(in_i, kind), layer_ptrs<S, A>(in_l, kind)};
-    const LayerIn* ins[2] = {&in_i, &in_l};
     for (int j = 0; j < 2; ++j) {
-      ly[j].df = outs[3 * j].work.mutable_data_ptr<S>();
+      ly[j].df = a.d[j].df.work.mutable_data_ptr<S>();
       for (int c = 0; c < 2; ++c) {
-        Tensor& w = outs[3 * j + 1 + c].work;
-        if (ins[j]->two_d[c]) {
+        const Tensor& w = a.d[j].dg[c].work;
+        if (a.in.layer[j].flat[c]) {
           ly[j].dg2[c] = w.mutable_data_ptr<A>();
         } else {
           ly[j].dg[c] = w.mutable_data_ptr<S>();
         }
       }
     }
-    const auto o = sf_options<A>(sigma, omega, alpha, normalize, mask_grad, eps);
-    const A *gip = gi.const_data_ptr<A>(), *glp = gl.const_data_ptr<A>(),
-            *gcp = gc.const_data_ptr<A>();
-    const int64_t work = 8 * (in_i.K * in_i.P + in_l.K * in_l.P);
+    const auto o = host::options_as<A>(a.in.o);
+    const A *gip = a.grad[0].const_data_ptr<A>(), *glp = a.grad[1].const_data_ptr<A>(),
+            *gcp = a.grad[2].const_data_ptr<A>();
+    const int64_t work = 8 * (sc.ki * sc.pi + sc.kl * sc.pl);
     for_each_sample<A>(N, work, sc.size(), [&](int64_t n, A* s) {
       const auto q = sc.split(s);
       layer_maps(ly[0], n, q.wi, q.ti, q.ci);
@@ -343,8 +269,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sharpen_focus_loss_ba
       layer_backward(ly[1], n, q.wl, q.tl, q.cl, q.dtl, q.dcl, q.r);
     });
   });
-  return {outs[0].done(), outs[1].done(), outs[2].done(),
-          outs[3].done(), outs[4].done(), outs[5].done()};
 }
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(attnfast, CPU, m) { ATTNFAST_IMPL(m, kCpu, sharpen_focus_loss, run); }
 
 }  // namespace attnfast::cpu

@@ -1,6 +1,6 @@
 // The CUDA launchers of attnfast, framework-free: raw pointers, sizes, element strides
-// (common/defs.h Layout), a dtype tag and a cudaStream_t. csrc/cuda/glue.cpp is the only caller
-// and the only file that knows about tensors. One function per op of attnfast/_schema.py, same
+// (common/defs.h Layout), a dtype tag and a cudaStream_t. csrc/cuda/glue/ is the only caller and
+// the only CUDA code that knows about tensors. One function per op of attnfast/_schema.py, same
 // name; the math of each is attnfast/reference.py.
 //
 // Conventions (the ones attnfast/_schema.py lets kernels assume):
@@ -111,18 +111,14 @@ struct SfLayerGrads {
   void* d_f;
   void* d_g[2];
 };
-struct SfOptions {
-  int64_t kind;  // 0 pixel, 1 channel, 2 gradcam
-  float sigma, omega, alpha, eps;
-  bool normalize, mask_grad;
-};
+// The options (kind, sigma, omega, alpha, eps, normalize, mask_grad): SfOptions of common/defs.h.
 cudaError_t sharpen_focus_loss(DType dt, const SfLayer& inner, const SfLayer& last,
-                               const SfOptions& o, float* inner_iou, float* last_iou,
+                               const SfOptions<float>& o, float* inner_iou, float* last_iou,
                                float* consistency, Scratch scratch, cudaStream_t stream);
 cudaError_t sharpen_focus_loss_backward(DType dt, const float* g_inner_iou,
                                         const float* g_last_iou, const float* g_consistency,
                                         const SfLayer& inner, const SfLayer& last,
-                                        const SfOptions& o, const SfLayerGrads& d_inner,
+                                        const SfOptions<float>& o, const SfLayerGrads& d_inner,
                                         const SfLayerGrads& d_last, Scratch scratch,
                                         cudaStream_t stream);
 

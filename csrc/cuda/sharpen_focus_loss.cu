@@ -71,7 +71,7 @@ struct SfMaps {
   Partials sums[2];  // inner, last
   float scale[2][2];
   int64_t hi, wi, hl, wl;
-  SfOptions o;
+  SfOptions<float> o;
 
   __device__ int64_t pi() const { return hi * wi; }
   __device__ int64_t pl() const { return hl * wl; }
@@ -232,7 +232,7 @@ struct SfBackward {
 };
 
 SfMaps sf_maps(const SfLayer& inner, const SfLayer& last, const LayerPlan (&lp)[2],
-               const Partials (&sums)[2], const SfOptions& o) {
+               const Partials (&sums)[2], const SfOptions<float>& o) {
   SfMaps m{};
   for (int l = 0; l < 2; ++l) {
     m.sums[l] = sums[l];
@@ -286,7 +286,7 @@ cudaError_t layer_backward(DType dt, const SfLayer& l, const LayerPlan& lp, int6
 }
 
 // Plans both layers and leaves their map sums in `sums`.
-cudaError_t both_layer_sums(DType dt, const SfLayer (&layers)[2], const SfOptions& o,
+cudaError_t both_layer_sums(DType dt, const SfLayer (&layers)[2], const SfOptions<float>& o,
                             Scratch scratch, cudaStream_t stream, LayerPlan (&lp)[2],
                             Partials (&sums)[2]) {
   for (int l = 0; l < 2; ++l) {
@@ -299,7 +299,7 @@ cudaError_t both_layer_sums(DType dt, const SfLayer (&layers)[2], const SfOption
 }  // namespace
 
 cudaError_t sharpen_focus_loss(DType dt, const SfLayer& inner, const SfLayer& last,
-                               const SfOptions& o, float* inner_iou, float* last_iou,
+                               const SfOptions<float>& o, float* inner_iou, float* last_iou,
                                float* consistency, Scratch scratch, cudaStream_t stream) {
   const SfLayer layers[2] = {inner, last};
   LayerPlan lp[2];
@@ -313,7 +313,7 @@ cudaError_t sharpen_focus_loss(DType dt, const SfLayer& inner, const SfLayer& la
 cudaError_t sharpen_focus_loss_backward(DType dt, const float* g_inner_iou,
                                         const float* g_last_iou, const float* g_consistency,
                                         const SfLayer& inner, const SfLayer& last,
-                                        const SfOptions& o, const SfLayerGrads& d_inner,
+                                        const SfOptions<float>& o, const SfLayerGrads& d_inner,
                                         const SfLayerGrads& d_last, Scratch scratch,
                                         cudaStream_t stream) {
   const SfLayer layers[2] = {inner, last};

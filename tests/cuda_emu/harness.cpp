@@ -91,7 +91,7 @@ static void sf_layers(const int64_t* g, void* const* ptr, const int* flat, SfLay
     l[i].flat[0] = flat[2 * i], l[i].flat[1] = flat[2 * i + 1];
   }
 }
-static SfOptions sf_opts(const int* o, const float* fo) {
+static SfOptions<float> sf_opts(const int* o, const float* fo) {
   return {o[0], fo[0], fo[1], fo[2], fo[3], o[1] != 0, o[2] != 0};
 }
 int emu_sharpen_focus_loss(int dt, const int64_t* g, void* const* ptr, const int* flat, const int* o, const float* fo, float* out3) {
