@@ -93,5 +93,5 @@ def error() -> str:
 
 def has_cuda_kernels() -> bool:
     """True when the loaded extension carries CUDA kernels."""
-    return load() and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "attnfast::pixel_attention", "CUDA")
+    from ._compat import has_kernel
+    return load() and has_kernel("attnfast::pixel_attention", "CUDA")

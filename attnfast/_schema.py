@@ -9,8 +9,9 @@ again (``saved``) and its fake kernel (empty outputs of the right shape, dtype a
         -> (one gradient per tensor input, in order)
 
 with ``grad`` the incoming gradient of a single output, ``grad_<output>`` of one of several.
-``SCHEMAS`` (op name -> schema text) lists both. The C++ extension defines these schemas in
-namespace ``attnfast`` (CPU kernels, and CUDA kernels when built with CUDA); the Triton backend
+``SCHEMAS`` (op name -> schema text) lists both. ``attnfast._build`` defines these schemas in
+namespace ``attnfast`` when it loads the C++ extension (which only registers CPU kernels, and CUDA
+kernels when built with CUDA); the Triton backend
 defines the same names and signatures in ``attnfast_triton`` through ``torch.library.triton_op``;
 the eager ``torch`` backend (``attnfast._eager``) has the same signatures over
 ``attnfast.reference``. ``tests/test_registration.py`` checks all three against this table.
