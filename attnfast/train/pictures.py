@@ -110,21 +110,23 @@ def attention_figure(path, images, targets, class_names, panels, title=None):
 
 
 def attention_pictures(cfg, data, results, dst):
-    """attention.png per run and comparison.png with all runs side by side (rank 0)."""
+    """attention.png per run and comparison.png with all runs side by side (rank 0), on images
+    of the evaluation split."""
     k = cfg["pictures"]
     if not k or not dst.main:
         return []
+    split = data.split(cfg["eval_split"])
     idx, seen = [], set()
-    for i in range(len(data.test)):
-        y = data.test[i][1]
+    for i in range(len(split)):
+        y = split[i][1]
         key = tuple(y.tolist()) if data.multilabel else int(y)
         if key not in seen:
             seen.add(key)
             idx.append(i)
         if len(idx) == k:
             break
-    x = torch.stack([data.test[i][0] for i in idx]).to(dst.device)
-    y = torch.stack([torch.as_tensor(data.test[i][1]) for i in idx])
+    x = torch.stack([split[i][0] for i in idx]).to(dst.device)
+    y = torch.stack([torch.as_tensor(split[i][1]) for i in idx])
     x = data.prepare(x, train=False)
     shown = data.unnormalize(x)
     panels, written = {}, []
