@@ -21,13 +21,14 @@ COLUMNS = (("top1", "top-1 %", ".2f"), ("mAP", "mAP %", ".2f"), ("AUC", "AUC %",
            ("inner_iou", "sIoU inner", ".3f"), ("last_iou", "sIoU last", ".3f"),
            ("consistency", "L_ac", ".3f"), ("images_per_s", "img/s", ".0f"))
 
-LEGEND = ("EPG = energy pointing game: share of the target map's positive mass inside the "
-          "object's box; PG = pointing game: the target map's maximum inside the box; confuser "
-          "EPG = the same share for the confuser's map (maps bilinearly upsampled to the image, "
-          "align_corners=False); sIoU = soft-IoU of the target and confuser maps, masked as in "
-          "the loss (lower = better separated); L_ac = consistency term (lower = inner map "
-          "inside the last layer's mask); img/s = training images per second. "
-          "mean ± sd (sample sd) over seeds; Δ = per-seed difference to the baseline.")
+LOCALIZATION_LEGEND = (
+    "EPG = energy pointing game: share of the target map's positive mass inside the object's "
+    "box; PG = pointing game: the target map's maximum inside the box; confuser EPG = the same "
+    "share for the confuser's map (maps bilinearly upsampled to the image, align_corners=False). ")
+LEGEND = ("sIoU = soft-IoU of the target and confuser maps, masked as in the loss (lower = better "
+          "separated); L_ac = consistency term (lower = inner map inside the last layer's mask); "
+          "img/s = training images per second. mean ± sd (sample sd) over seeds; Δ = per-seed "
+          "difference to the baseline.")
 
 
 def write_metrics(run_dir, history, summary):
@@ -124,7 +125,8 @@ def final_report(out, runs, seeds, split, pictures, config=None):
            "runs": clean, "config": config or {}}
     atomic_write(out / "summary.json", lambda f: f.write(json.dumps(doc, indent=2).encode()))
     text = (f"{split} split, seeds {', '.join(map(str, seeds))}\n\n"
-            f"{markdown_table(rows + diffs)}\n\n{LEGEND}\n")
+            f"{markdown_table(rows + diffs)}\n\n"
+            f"{LOCALIZATION_LEGEND if 'last_energy' in rows[0] else ''}{LEGEND}\n")
     atomic_write(out / "summary.md", lambda f: f.write(text.encode()))
     print("\n" + text)
     for p in pictures:

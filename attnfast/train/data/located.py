@@ -1,8 +1,8 @@
 """Located digits: scikit-learn's digits pasted on a larger canvas among fragments of other digits,
 the object's box known for every image (no download).
 
-Construction (all from one ``random.Random(seed)``, so the data set is a pure function of its
-arguments):
+Construction (from ``random.Random`` streams keyed by ``seed``, the split and the purpose --
+see :func:`make_canvases` -- so the data set is a pure function of its arguments):
 
 1. The 1797 source images (8 x 8, values / 16) are split per class at random into train /
    validation / test sources (``split`` fractions, default 60 / 20 / 20). A source image belongs
@@ -90,49 +90,58 @@ def _cue_spots(size):
     return [(0, min(k * step, size - 3)) for k in range(10)]
 
 
-def make_canvases(images, labels, sources, copies, rng, *, size, digit_size, fragments,
+def make_canvases(images, labels, sources, copies, key, *, size, digit_size, fragments,
                   cue=None, cue_p=0.0):
     """``copies`` canvases per source index in ``sources`` (see the module docstring).
-    ``cue``: None, or "train" / "test" for the correlated / decorrelated cue.
-    Returns (canvases N x 1 x size x size, labels N, boxes N x 4)."""
+    ``key``: a string naming the random streams; the targets, the fragments and the cues are
+    drawn from three separate streams (``random.Random(f"{key}/target")``, ...), so a canvas's
+    digit and box do not depend on ``fragments`` or ``cue``. ``cue``: None, or "train" / "test"
+    for the correlated / decorrelated cue.
+    Returns (canvases N x 1 x size x size, labels N, boxes N x 4, provenance N x (1 + fragments):
+    the source index of the digit, then of each fragment, -1 for a fragment dropped)."""
     lo, hi = digit_size
     top = CUE_BAND if cue else 0
     if hi + top > size:
         raise ValueError(f"digit_size {digit_size} does not fit a {size} x {size} canvas")
+    r_target, r_frag, r_cue = (random.Random(f"{key}/{s}") for s in ("target", "fragments", "cue"))
     spots = _cue_spots(size)
     scaled = resized(images, range(lo, hi + 1))
     src = sources.repeat(copies)
     pools = {c: [j for j in sources.tolist() if int(labels[j]) != c] for c in range(10)}
     xs = torch.zeros(len(src), 1, size, size)
     boxes = torch.zeros(len(src), 4, dtype=torch.long)
+    provenance = torch.full((len(src), 1 + fragments), -1, dtype=torch.long)
     for n, i in enumerate(src.tolist()):
         canvas = xs[n, 0]
-        side = rng.randint(lo, hi)
-        y, x = rng.randint(top, size - side), rng.randint(0, size - side)
+        side = r_target.randint(lo, hi)
+        y, x = r_target.randint(top, size - side), r_target.randint(0, size - side)
         digit = scaled[side][i]
         canvas[y:y + side, x:x + side] = digit
         b = ink_box(digit)
         box = (b[0] + y, b[1] + x, b[2] + y, b[3] + x)
         boxes[n] = torch.tensor(box)
+        provenance[n, 0] = i
         others = pools[int(labels[i])]
-        for _ in range(fragments):
-            j = others[rng.randrange(len(others))]
-            other = scaled[rng.randint(lo, hi)][j]
-            fh = rng.randint(round(0.4 * len(other)), round(0.7 * len(other)))
-            fw = rng.randint(round(0.4 * len(other)), round(0.7 * len(other)))
-            oy, ox = rng.randint(0, len(other) - fh), rng.randint(0, len(other) - fw)
+        for f in range(fragments):
+            j = others[r_frag.randrange(len(others))]
+            other = scaled[r_frag.randint(lo, hi)][j]
+            fh = r_frag.randint(round(0.4 * len(other)), round(0.7 * len(other)))
+            fw = r_frag.randint(round(0.4 * len(other)), round(0.7 * len(other)))
+            oy, ox = r_frag.randint(0, len(other) - fh), r_frag.randint(0, len(other) - fw)
             piece = other[oy:oy + fh, ox:ox + fw]
             for _try in range(50):
-                py, px = rng.randint(top, size - fh), rng.randint(0, size - fw)
+                py, px = r_frag.randint(top, size - fh), r_frag.randint(0, size - fw)
                 if not _meets((py, px, py + fh, px + fw), box):
                     region = canvas[py:py + fh, px:px + fw]
                     torch.maximum(region, piece, out=region)
+                    provenance[n, 1 + f] = j
                     break
         if cue:
-            k = int(labels[i]) if cue == "train" and rng.random() < cue_p else rng.randint(0, 9)
+            k = int(labels[i]) if cue == "train" and r_cue.random() < cue_p \
+                else r_cue.randint(0, 9)
             cy, cx = spots[k]
             canvas[cy:cy + 3, cx:cx + 3] = 1.0
-    return xs, labels[src], boxes
+    return xs, labels[src], boxes, provenance
 
 
 def located_digits(image_size=32, seed=0, digit_size=(10, 14), fragments=4, copies=(2, 1, 2),
@@ -142,14 +151,13 @@ def located_digits(image_size=32, seed=0, digit_size=(10, 14), fragments=4, copi
     ``copies``: canvases per source image in train / val / test. ``seed`` fixes everything.
     """
     images, labels = _load_sources()
-    rng = random.Random(seed)
-    parts = split_sources(labels, split, rng)
+    parts = split_sources(labels, split, random.Random(f"{seed}/split"))
     opts = dict(size=image_size, digit_size=tuple(digit_size), fragments=fragments, cue_p=cue_p)
     made = []
     for name, idx, k in zip(("train", "val", "test"), parts, copies):
-        made.append(make_canvases(images, labels, idx, k, rng,
+        made.append(make_canvases(images, labels, idx, k, f"{seed}/{name}",
                                   cue=("train" if name == "train" else "test") if cue else None,
-                                  **opts))
+                                  **opts)[:3])
     (xtr, ytr, btr), (xva, yva, bva), (xte, yte, bte) = made
     mean, std = channel_stats(xtr, 1.0)
     name = "located-digits-cue" if cue else "located-digits"
