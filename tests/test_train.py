@@ -51,6 +51,7 @@ def test_short_run_of_every_method(tmp_path, extra, capsys):
                 "test_last_iou", "test_consistency", "lr"):
         assert key in row and row[key] == row[key], key
     assert (row["train_attention_loss"] > 0) == (method != "baseline")
+    assert ("train_consistency" in row) == (method == "sharpen-focus")
     rows = list(csv.DictReader((out / method / "metrics.csv").open()))
     assert len(rows) == 1 and float(rows[0]["epoch"]) == 1
     ck = load_ckpt(out / method / "checkpoint.pt")

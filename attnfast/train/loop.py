@@ -42,11 +42,12 @@ def _progress(loader, show, desc):
 
 
 def train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg, ramp=None):
-    """One epoch; returns mean losses, images/s, seconds. Raises NonFiniteLoss.
+    """One epoch; returns mean losses (for Sharpen Focus also the means of its three parts,
+    unweighted), images/s, seconds. Raises NonFiniteLoss.
     ``ramp``: None, or (wrapper, full weight, factor of the optimizer step) for the ramp-up of
     the attention weight."""
     net.train()
-    totals, images, t0 = torch.zeros(3, dtype=torch.float64), 0, time.perf_counter()
+    totals, images, t0 = torch.zeros(6, dtype=torch.float64), 0, time.perf_counter()
     bar = _progress(loader, show, desc)
     for it, batch in enumerate(bar):
         x = data.prepare(batch[0].to(dst.device, non_blocking=True), train=True)
@@ -58,8 +59,12 @@ def train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg
             x = x.contiguous(memory_format=torch.channels_last)
         with ctx():
             step = net(x, y)
+        has_parts = hasattr(step, "parts")
+        parts = [p.detach().float().mean() for p in step.parts[1:]] if has_parts \
+            else [step.loss.detach().new_zeros(())] * 3
         vals = dst.sum(torch.stack([step.loss.detach(), step.classification_loss.detach(),
-                                    step.attention_loss.detach()]).double().cpu()) / dst.world
+                                    step.attention_loss.detach(), *parts]).double().cpu()) \
+            / dst.world
         if not torch.isfinite(vals[0]):
             raise NonFiniteLoss(f"{desc}: the loss became {vals[0].item()} at step {it + 1} "
                                 f"(classification {vals[1].item():.4g}, attention "
@@ -76,9 +81,12 @@ def train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg
                             img_s=f"{images / (time.perf_counter() - t0):.0f}")
     seconds = time.perf_counter() - t0
     steps = max(it + 1, 1) if images else 1
+    parts = {f"train_{k}": totals[3 + i].item() / steps
+             for i, k in enumerate(("inner_iou", "last_iou", "consistency"))}
     return {"train_loss": totals[0].item() / steps,
             "train_classification_loss": totals[1].item() / steps,
             "train_attention_loss": totals[2].item() / steps,
+            **(parts if images and has_parts else {}),
             "train_images_per_s": images / max(seconds, 1e-9), "train_time_s": seconds,
             "train_images": images}
 
