@@ -221,6 +221,51 @@ def test_eval_split_val_is_measured_and_disjoint_from_test(tmp_path):
             name="digits")
 
 
+def test_boxes_travel_with_their_images_through_torchrun_shards(tmp_path):
+    """2 processes under torchrun each evaluate a shard (every 2nd image of the 25, no padding)
+    of the located digits; the reported localization equals that of one process evaluating the
+    same checkpoint on the same shards and combining them by hand (counts, not means)."""
+    import contextlib
+    import os
+    import subprocess
+    import sys
+
+    from torch.utils.data import DataLoader
+
+    from attnfast.train import checkpoints, cli, methods
+    from attnfast.train.distributed import Dist
+    from attnfast.train.metrics import evaluate
+
+    out = tmp_path / "ddp"
+    args = ["--method", "baseline", *LOCATED[:-1], "25", "--model", "resnet8", "--epochs", "1",
+            "--batch-size", "16", "--pictures", "0", "--no-progress", "--seeds", "1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "attnfast.train", *args, "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    reported = json.loads((out / "baseline" / "metrics.json").read_text())["epochs"][-1]
+    cfg = recipes.configure(recipes.parse_args(args))
+    data = cli.load_data(cfg)
+    assert len(data.test) == 25
+    model, net, probe, _ = methods.build(cfg, "baseline", data, Dist("cpu"))
+    net.load_state_dict(checkpoints.load(out / "baseline" / "checkpoint.pt")["net"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with attnfast.use_backend("auto"):
+            shards = [(len(part), evaluate(probe, DataLoader(part, batch_size=8), data,
+                                           contextlib.nullcontext, Dist("cpu")))
+                      for part in (data_mod.shard(data.test, r, 2) for r in range(2))]
+    finally:
+        torch.set_num_threads(threads)
+    assert [n for n, _ in shards] == [13, 12]
+    for key in ("top1", "inner_energy", "last_energy", "inner_pointing", "last_pointing",
+                "inner_confuser_energy", "last_confuser_energy", "last_iou"):
+        combined = sum(n * m[key] for n, m in shards) / 25
+        assert reported[f"test_{key}"] == pytest.approx(combined, abs=1e-5), key
+
+
 def test_ramp_raises_the_attention_weight_from_zero(tmp_path, monkeypatch):
     from attnfast.sharpen_focus import SharpenFocus
     seen = []

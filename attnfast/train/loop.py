@@ -156,6 +156,7 @@ def run(cfg, method, data, dst, log):
             good = (f"the last good checkpoint {ckpt_path} (epoch {epoch}) is kept"
                     if ckpt_path.is_file() and epoch else "no checkpoint had been written yet")
             raise NonFiniteLoss(f"{e}; training stopped, {good}") from None
+        dst.broadcast_buffers(raw)
         row = {"epoch": epoch + 1, "lr": lr, **row}
         if epoch + 1 == cfg["epochs"] or (cfg["eval_every"] and
                                           (epoch + 1) % cfg["eval_every"] == 0):
