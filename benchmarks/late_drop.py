@@ -73,6 +73,7 @@ def main(argv=None):
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--extra", default="", help="more trainer options for every config")
     p.add_argument("--out", default="runs/late_drop")
+    p.add_argument("--table", action="store_true", help="only rebuild the table of finished runs")
     args = p.parse_args(argv)
     original = loop.evaluate
     state = {}
@@ -84,8 +85,9 @@ def main(argv=None):
                 "steps": state["evals"] * state["steps_per_epoch"]}
 
     loop.evaluate = evaluate
-    rows = []
     for name in args.configs.split(","):
+        if args.table:
+            break
         opts = ["--recipe", "digits", "--eval-every", "1", "--pictures", "0", "--no-progress",
                 "--seeds", str(args.seeds), "--out", str(Path(args.out) / name),
                 *CONFIGS[name], *shlex.split(args.extra)]
@@ -97,21 +99,25 @@ def main(argv=None):
             state["evals"] = 0
             cli.main([*opts, "--seed", str(seed), "--seeds", "1",
                       "--out", str(Path(args.out) / name / f"seed{seed}")])
-            doc = json.loads((Path(args.out) / name / f"seed{seed}" / CONFIGS[name][1]
-                              / "metrics.json").read_text())
-            for r in doc["epochs"]:
-                rows.append({"config": name, "seed": seed, **r})
+    print(table(args.out))
+
+
+def table(out):
+    """Markdown table of every run under ``out`` (also written to ``<out>/late_drop.md``)."""
     keys = ("epoch", "lr", "train_classification_loss", "train_attention_loss",
-            "train_consistency", "test_top1", "precise_bn_top1", "batch_stats_top1",
-            "bn_var_drift", "bn_steps", "steps")
-    lines = ["| config | seed | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
-    for r in rows:
-        cells = [format(r[k], ".4g") if isinstance(r.get(k), float) else str(r.get(k, "-"))
-                 for k in keys]
-        lines.append(f"| {r['config']} | {r['seed']} | " + " | ".join(cells) + " |")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "late_drop.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+            "train_consistency", "test_top1", "test_precise_bn_top1", "test_batch_stats_top1",
+            "test_bn_var_drift", "test_bn_steps", "test_steps")
+    lines = ["| config | seed | " + " | ".join(k.replace("test_", "") for k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for f in sorted(Path(out).glob("*/seed*/*/metrics.json")):
+        for r in json.loads(f.read_text())["epochs"]:
+            cells = [format(r[k], ".4g") if isinstance(r.get(k), float) else str(r.get(k, "-"))
+                     for k in keys]
+            lines.append(f"| {f.parts[-4]} | {f.parts[-3][4:]} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "late_drop.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":
