@@ -266,6 +266,48 @@ def test_boxes_travel_with_their_images_through_torchrun_shards(tmp_path):
         assert reported[f"test_{key}"] == pytest.approx(combined, abs=1e-5), key
 
 
+def test_evaluate_localization_equals_a_computation_written_out():
+    """evaluate()'s localization of a (random) model on 40 located digits against the maps of
+    capture.class_attention_maps (its own hooks) for the label and the confuser, upsampled and
+    summed over the boxes here."""
+    import contextlib
+
+    from torch.utils.data import DataLoader, Subset
+
+    from attnfast.capture import class_attention_maps
+    from attnfast.train.distributed import Dist
+    from attnfast.train.metrics import evaluate
+
+    cfg = recipes.configure(recipes.parse_args(["--seeds", "1"]))
+    d = data_mod.load("located-digits")
+    part = Subset(d.test, range(40))
+    torch.manual_seed(0)
+    from attnfast.train import methods
+    model, _, probe, _ = methods.build(cfg, "baseline", d, Dist("cpu"))
+    got = evaluate(probe, DataLoader(part, batch_size=16), d, contextlib.nullcontext, Dist("cpu"))
+    x = d.prepare(torch.stack([part[i][0] for i in range(40)]), train=False)
+    y = torch.stack([part[i][1] for i in range(40)])
+    boxes = torch.stack([part[i][2] for i in range(40)])
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    confuser = logits.scatter(1, y[:, None], float("-inf")).argmax(1)
+    inside = torch.zeros(40, 32, 32, dtype=torch.bool)
+    for n, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
+        inside[n, y0:y1, x0:x1] = True
+    for layer, name in (("layer2", "inner"), ("layer3", "last")):
+        _, maps = class_attention_maps(model, layer, x, torch.stack([y, confuser], 1))
+        up = torch.nn.functional.interpolate(maps, size=(32, 32), mode="bilinear",
+                                             align_corners=False).clamp_min(0)
+        share = [(up[:, j] * inside).sum((1, 2)) / up[:, j].sum((1, 2)) for j in (0, 1)]
+        peak = up[:, 0].flatten(1).argmax(1)
+        hits = inside.flatten(1)[torch.arange(40), peak].float()
+        assert got[f"{name}_energy"] == pytest.approx(share[0].mean().item(), abs=1e-5)
+        assert got[f"{name}_confuser_energy"] == pytest.approx(share[1].mean().item(), abs=1e-5)
+        assert got[f"{name}_pointing"] == pytest.approx(hits.mean().item(), abs=1e-6)
+    assert got["top1"] == pytest.approx(100 * (logits.argmax(1) == y).float().mean().item())
+
+
 def test_ramp_raises_the_attention_weight_from_zero(tmp_path, monkeypatch):
     from attnfast.sharpen_focus import SharpenFocus
     seen = []
