@@ -335,6 +335,10 @@ def test_sharpen_focus_defaults_come_from_the_recipe_and_the_command_line():
     sf = recipes.RECIPES["located-digits"]["sf"]
     for key in ("weight", "order", "inner_weight", "last_weight", "consistency_weight", "mask"):
         assert cfg["sf_weight" if key == "weight" else key] == {**recipes.SF_PAPER, **sf}[key]
+    # the validation sweep's choice (docs/METHOD.md), the paper's Eq. 9 otherwise
+    assert recipes.method_weight(cfg, "sharpen-focus") == 0.1 and cfg["order"] == "second"
+    assert (cfg["inner_weight"], cfg["last_weight"], cfg["consistency_weight"]) == (1, 1, 1)
+    assert cfg["attention"] == "pixel" and cfg["ramp_epochs"] == 0 and cfg["mask"] == "normalized"
     paper = recipes.configure(recipes.parse_args(["--recipe", "digits"]))
     assert recipes.method_weight(paper, "sharpen-focus") == 1.0
     assert paper["order"] == "second" and paper["consistency_weight"] == 1.0
