@@ -2,8 +2,10 @@
 
 Eq. 9:
     loss = CE(Y, t) + weight * mean_n [w_i sIoU_inner + w_l sIoU_last + w_c L_ac]
-(``part_weights`` = (w_i, w_l, w_c), all 1 in the paper) with maps of the target t and of the confuser (highest-scoring non-target class of the detached
-logits; multi-label: the top negative) at ``inner_layer`` and ``last_layer``. With
+(``part_weights`` = (w_i, w_l, w_c), all 1 in the paper; the fused op returns the per-sample
+parts, so weighting them is plain autograd through its outputs) with maps of the target t and of
+the confuser (highest-scoring non-target class of the detached logits; multi-label: the top
+negative) at ``inner_layer`` and ``last_layer``. With
 ``second_order`` the gradients stay in the graph (``create_graph=True``) so the loss also
 differentiates through them; first-order mode treats them as constants. When ``head`` is the
 ``nn.Linear`` fed by global average pooling of ``last_layer``, dY^c/dF[n,k,i,j] = W[c,k] / (H W)

@@ -137,13 +137,13 @@ def reeval(out, kinds=("channel", "gradcam")):
     """The baseline's checkpoints (``<out>/baseline/seed*/``) measured on validation with other
     kinds of map, as ``<out>/baseline-<kind>/summary.json``: the reference for SF runs trained
     with that kind (the baseline's training does not depend on the kind; only the probe does)."""
-    import torch
+    import contextlib
+
     from torch.utils.data import DataLoader
 
     from attnfast.train import checkpoints, cli, methods, recipes, report
     from attnfast.train.distributed import Dist
     from attnfast.train.metrics import evaluate
-    import contextlib
 
     base = Path(out) / "baseline"
     seeds = sorted(int(p.name[4:]) for p in base.glob("seed*"))

@@ -19,8 +19,8 @@
   (one square per positive class); learnable in seconds, for tests and throughput runs.
 
 Modules: ``base`` (:class:`Data`, augmentation, shards), ``arrays`` (in-memory sources),
-``files`` (image-file sources), ``located`` (the located digits). A new source is a function returning a :class:`Data` in one of
-them and an entry in ``SOURCES``.
+``files`` (image-file sources), ``located`` (the located digits). A new source is a function
+returning a :class:`Data` in one of them and an entry in ``SOURCES``.
 """
 from __future__ import annotations
 
