@@ -1,14 +1,23 @@
 """Sharpen Focus (Wang et al. 2019) around any model whose layers are named.
 
 Eq. 9:
-    loss = CE(Y, t) + weight * mean_n [sIoU_inner + sIoU_last + L_ac]
-with maps of the target t and of the confuser (highest-scoring non-target class of the detached
-logits; multi-label: the top negative) at ``inner_layer`` and ``last_layer``. With
+    loss = CE(Y, t) + weight * mean_n [w_i sIoU_inner + w_l sIoU_last + w_c L_ac]
+(``part_weights`` = (w_i, w_l, w_c), all 1 in the paper; the fused op returns the per-sample
+parts, so weighting them is plain autograd through its outputs) with maps of the target t and of
+the confuser (highest-scoring non-target class of the detached logits; multi-label: the top
+negative) at ``inner_layer`` and ``last_layer``. With
 ``second_order`` the gradients stay in the graph (``create_graph=True``) so the loss also
 differentiates through them; first-order mode treats them as constants. When ``head`` is the
 ``nn.Linear`` fed by global average pooling of ``last_layer``, dY^c/dF[n,k,i,j] = W[c,k] / (H W)
 at every pixel, so the last-layer gradients are these N x K weights (no autograd pass).
 Features and class-score gradients are taken as :mod:`attnfast.capture` describes.
+
+``mask``: "normalized" (default, docs/SPEC.md decision 1) builds the soft mask of Eq. 7 from the
+max-normalized last-layer target map, inside the fused ``ops.sharpen_focus_loss``; "raw" is the
+paper's literal formula on the raw map, M = sigmoid(omega (R(A_last_t) - sigma)) with R the
+bilinear resize (``align_corners=False``) to each layer's size and no normalization, built in
+eager code and used with the public ``ops.soft_iou`` / ``ops.attention_consistency`` (an
+ablation: raw maps are small, so with sigma = 0.55 that mask is nearly 0 everywhere).
 """
 from __future__ import annotations
 
@@ -16,12 +25,13 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as nnf
 
 from . import ops
 from ._compat import donated_buffer_disabled
 from .capture import (LayerTap, SupervisedWrapper, check_attention, check_targets,
-                      classification_loss, confusers, layer_map, refuse_compiled_double_backward,
-                      resolve_layer, score_grads, unwrap)
+                      classification_loss, confusers, detach_step, layer_map,
+                      refuse_compiled_double_backward, resolve_layer, score_grads, unwrap)
 
 __all__ = ["SharpenFocus", "SharpenFocusStep"]
 
@@ -64,9 +74,11 @@ class SharpenFocus(SupervisedWrapper):
 
     def __init__(self, model, inner_layer="layer3", last_layer="layer4", *, head="auto",
                  attention="pixel", second_order=True, multilabel=False, weight=1.0, sigma=0.55,
-                 omega=100.0, alpha=1.0, normalize=True, mask_grad=False):
+                 omega=100.0, alpha=1.0, normalize=True, mask_grad=False,
+                 part_weights=(1.0, 1.0, 1.0), mask="normalized"):
         super().__init__()
         check_attention(attention)
+        self.part_weights, self.mask = _check_knobs(part_weights, mask)
         refuse_compiled_double_backward(model, "SharpenFocus", second_order)
         self.model = model
         self.inner_layer, self.last_layer = inner_layer, last_layer
@@ -163,22 +175,64 @@ class SharpenFocus(SupervisedWrapper):
         return _Grads(logits, targets, others, inner, last, it, ic, lt, lc)
 
     def _step(self, images, targets, keep_graph):
-        g = self._gradients(images, targets, self.second_order and keep_graph)
-        parts = ops.sharpen_focus_loss(
-            g.inner, g.inner_target, g.inner_confuser, g.last, g.last_target,
-            g.last_confuser, **self.loss_options)
+        return self._loss(self._gradients(images, targets, self.second_order and keep_graph))
+
+    def _loss(self, g):
+        if self.mask == "raw":
+            parts = _raw_mask_parts(self._maps(g), **self.loss_options)
+        else:
+            parts = ops.sharpen_focus_loss(
+                g.inner, g.inner_target, g.inner_confuser, g.last, g.last_target,
+                g.last_confuser, **self.loss_options)
+        wi, wl, wc = self.part_weights
+        attention = (parts[0] if (wi, wl, wc) == (1.0, 1.0, 1.0)
+                     else (wi * parts[1] + wl * parts[2] + wc * parts[3]).mean())
         cls = classification_loss(g.logits, g.targets, self.multilabel)
-        loss = cls + self.weight * parts[0]
-        return SharpenFocusStep(g.logits, loss, cls, parts[0], parts, g.confusers)
+        loss = cls + self.weight * attention
+        return SharpenFocusStep(g.logits, loss, cls, attention, parts, g.confusers)
+
+    def _maps(self, g):
+        pairs = {"inner_target": (g.inner, g.inner_target),
+                 "inner_confuser": (g.inner, g.inner_confuser),
+                 "last_target": (g.last, g.last_target),
+                 "last_confuser": (g.last, g.last_confuser)}
+        return {k: layer_map(f, gr, self.attention) for k, (f, gr) in pairs.items()}
 
     def attention_maps(self, images, targets):
         """The four raw maps the loss is built from (float32 N x h x w, detached):
         inner_target, inner_confuser, last_target, last_confuser."""
+        return self.measure(images, targets)[1]
+
+    def measure(self, images, targets):
+        """(step, maps) from one forward and one set of first-order gradients, detached: the
+        :class:`SharpenFocusStep` and the four raw maps of :meth:`attention_maps`."""
         with torch.enable_grad():
             g = self._gradients(images, targets, False)
-            maps = {"inner_target": (g.inner, g.inner_target),
-                    "inner_confuser": (g.inner, g.inner_confuser),
-                    "last_target": (g.last, g.last_target),
-                    "last_confuser": (g.last, g.last_confuser)}
-            return {k: layer_map(f, gr, self.attention).detach()
-                    for k, (f, gr) in maps.items()}
+            step, maps = self._loss(g), self._maps(g)
+        return detach_step(step), {k: m.detach() for k, m in maps.items()}
+
+
+def _check_knobs(part_weights, mask):
+    weights = tuple(float(w) for w in part_weights)
+    if len(weights) != 3 or any(w < 0 for w in weights):
+        raise ValueError("part_weights must be three non-negative weights (sIoU_inner, "
+                         f"sIoU_last, L_ac), got {part_weights!r}")
+    if mask not in ("normalized", "raw"):
+        raise ValueError(f"mask must be 'normalized' or 'raw', got {mask!r}")
+    return weights, mask
+
+
+def _raw_mask_parts(maps, *, attention, sigma, omega, alpha, normalize, mask_grad):
+    """The three parts with the paper's literal mask sigmoid(omega (R(A_last_t) - sigma)) on the
+    raw last-layer target map (module docstring), as a SharpenFocusOutput (loss = mean of sum)."""
+    a_lt = maps["last_target"]
+    src = (a_lt if mask_grad else a_lt.detach()).float()
+    size = maps["inner_target"].shape[-2:]
+    up = src if tuple(size) == tuple(src.shape[-2:]) else nnf.interpolate(
+        src[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    m_last, m_inner = torch.sigmoid(omega * (src - sigma)), torch.sigmoid(omega * (up - sigma))
+    a = {k: ops.normalize_attention(v) if normalize else v for k, v in maps.items()}
+    inner = ops.soft_iou(a["inner_target"], a["inner_confuser"], m_inner)
+    last = ops.soft_iou(a["last_target"], a["last_confuser"], m_last)
+    cons = ops.attention_consistency(a["inner_target"], m_inner, alpha)
+    return ops.SharpenFocusOutput((inner + last + cons).mean(), inner, last, cons)

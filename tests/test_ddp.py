@@ -88,7 +88,7 @@ def test_trainer_under_torchrun(tmp_path, method):
            "2", "-m", "attnfast.train", "--method", method, "--data", "synthetic",
            "--train-size", "64", "--test-size", "32", "--model", "resnet8", "--image-size", "16",
            "--epochs", "1", "--batch-size", "16", "--pictures", "0", "--out", str(out),
-           "--no-progress"]
+           "--no-progress", "--seeds", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

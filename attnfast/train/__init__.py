@@ -1,18 +1,27 @@
 """Thin trainer for Sharpen Focus and GGAM: ``python -m attnfast.train`` / ``attnfast-train``.
 
-The default (``--compare``, the README's main job) trains a baseline and Sharpen Focus on
-scikit-learn's bundled digits with a CIFAR-style ResNet-20 and prints a comparison table: top-1,
-attention separability (mean test soft-IoU between the target's and the confuser's maps, inner
-and last layer, masked as in the loss; lower = better separated), the inner/last consistency term
-L_ac (lower = the inner map lies more inside the last layer's mask) and training images/s.
+The default (``--compare``, the README's main job, recipe ``located-digits``) trains a baseline
+and Sharpen Focus on the located digits (a digit somewhere on a 32 x 32 canvas among fragments of
+other digits, its box known; :mod:`.data.located`) with a CIFAR-style ResNet-8, over three seeds,
+and prints a table of mean ± sd: top-1, localization of the target maps at both supervised layers
+(energy pointing game, pointing game; the confuser map's energy in the box; :mod:`.localize`),
+attention separability (soft-IoU target vs confuser, masked as in the loss; lower = better
+separated), the consistency term L_ac and training images/s, plus the per-seed difference to
+the baseline. Its Sharpen Focus settings were chosen on the validation split (docs/METHOD.md).
+
+With ``--seeds N`` seed s runs in ``<out>/seed<s>/``; ``<out>/summary.json`` and
+``<out>/summary.md`` hold the table. ``--eval-split val`` measures on the validation split
+(sources that have one), for choosing settings without looking at test.
 
 Per run (``<out>/<method>/``): ``metrics.json`` and ``metrics.csv`` (one row per epoch),
 ``checkpoint.pt`` (written atomically every epoch: temp file + rename; loaded with
 ``weights_only=True``; ``--resume`` continues exactly: weights, optimizer, scheduler, grad scaler,
-RNG states, epoch) and ``attention.png`` (top-5 class maps of test images); with several methods
+RNG states, epoch) and ``attention.png`` (top-5 class maps of evaluation images, object boxes
+outlined where known); with several methods
 ``<out>/comparison.png`` puts them side by side. A non-finite loss stops training with a message
 and leaves the last good checkpoint in place. Under ``torchrun`` the run is data-parallel
-(DistributedSampler; gloo on CPU, nccl on GPU); ``--batch-size`` is the global batch.
+(DistributedSampler; gloo on CPU, nccl on GPU); ``--batch-size`` is the global batch; each
+process evaluates a shard (boxes travel inside the samples) with rank 0's BatchNorm statistics.
 
 Modules, in the order a run uses them:
 
@@ -20,8 +29,8 @@ Modules, in the order a run uses them:
 * ``distributed``: rank, world and device from torchrun's environment;
 * ``data``: the data sources; ``models``: ResNets with named stages;
 * ``methods``: the model and the method's wrapper (baseline, Sharpen Focus, GGAM);
-* ``loop``: the epoch loop and one method's run; ``metrics``: test metrics (top-k, mAP/AUC,
-  attention separability);
+* ``loop``: the epoch loop and one method's run; ``metrics``: evaluation metrics (top-k,
+  mAP/AUC, attention separability, localization); ``localize``: maps against boxes;
 * ``checkpoints``: atomic files, RNG states, save and resume;
 * ``pictures``: the attention figures; ``report``: metrics files, summaries, the table;
 * ``cli``: :func:`main`, the whole job.

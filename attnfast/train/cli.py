@@ -1,9 +1,14 @@
-"""``attnfast-train`` / ``python -m attnfast.train``: every method of the config in turn, then
-the pictures and the comparison table (see :mod:`attnfast.train`)."""
+"""``attnfast-train`` / ``python -m attnfast.train``: for each seed every method of the config in
+turn, the pictures of the first seed, then the comparison table over the seeds (see
+:mod:`attnfast.train`).
+
+With ``--seeds N`` (N > 1) seed s runs in ``<out>/seed<s>/<method>/``; with one seed in
+``<out>/<method>/``. The data set is built once (``--data-seed``) and shared by every seed."""
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -18,7 +23,7 @@ from .report import final_report
 def load_data(cfg):
     """The config's data source, cut to --train-size / --test-size."""
     data = data_mod.load(cfg["data"], cfg.get("data_dir"), image_size=cfg["image_size"],
-                         seed=cfg["seed"], train_size=cfg.get("train_size"),
+                         seed=cfg["data_seed"], train_size=cfg.get("train_size"),
                          test_size=cfg.get("test_size"),
                          per_class=cfg["per_class"] if cfg["data"] == "caltech256" else None)
     data.train = data_mod.first(data.train, cfg.get("train_size"))
@@ -36,20 +41,31 @@ def main(argv=None):
     log = print if dst.main else (lambda *a, **k: None)
     t0 = time.perf_counter()
     data = load_data(cfg)
-    log(f"data {data.name}: {len(data.train)} train / {len(data.test)} test images, "
+    val = f" / {len(data.val)} val" if data.val is not None else ""
+    seeds = list(range(cfg["seed"], cfg["seed"] + cfg["seeds"]))
+    log(f"data {data.name}: {len(data.train)} train{val} / {len(data.test)} test images, "
         f"{data.num_classes} classes, {data.image_size}x{data.image_size}; model {cfg['model']}; "
         f"{dst.world} process(es) on {dst.device}, {torch.get_num_threads()} threads; "
-        f"lr {cfg['lr']:g}, batch {cfg['batch_size']}, {cfg['epochs']} epochs")
-    results = []
-    try:
-        for method in cfg["methods"]:
-            results.append(run(cfg, method, data, dst, log))
-    except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    written = attention_pictures(cfg, data, results, dst)
+        f"lr {cfg['lr']:g}, batch {cfg['batch_size']}, {cfg['epochs']} epochs; seeds "
+        f"{', '.join(map(str, seeds))}; metrics on the {cfg['eval_split']} split")
+    runs, written = [], []
+    for seed in seeds:
+        scfg = dict(cfg, seed=seed, out=str(Path(cfg["out"]) / f"seed{seed}")
+                    if len(seeds) > 1 else cfg["out"])
+        results = []
+        try:
+            for method in cfg["methods"]:
+                results.append(run(scfg, method, data, dst, log))
+        except NonFiniteLoss as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if seed == seeds[0]:
+            written = attention_pictures(scfg, data, results, dst)
+        runs.append([{k: v for k, v in r.items() if not k.startswith("_")} for r in results])
     if dst.main:
-        final_report(cfg["out"], results, data.multilabel, written)
+        final_report(cfg["out"], runs, seeds, cfg["eval_split"], written,
+                     config={k: v for k, v in cfg.items()
+                             if isinstance(v, (int, float, str, bool, tuple, list))})
         print(f"total time: {time.perf_counter() - t0:.1f} s")
     dst.close()
     return 0

@@ -38,6 +38,15 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
+    def broadcast_buffers(self, module):
+        """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them at
+        the start of each forward, but every rank then updates its own from its own batch, so
+        after training they differ; evaluation shards must all use the ones the checkpoint
+        (written by rank 0) holds."""
+        if self.world > 1:
+            for b in module.buffers():
+                dist.broadcast(b.data, 0)
+
     def barrier(self):
         if self.world > 1:
             dist.barrier()

@@ -17,7 +17,7 @@ from . import checkpoints, report
 from . import data as data_mod
 from .methods import build
 from .metrics import evaluate
-from .recipes import lr_factor
+from .recipes import lr_factor, ramp_factor
 
 
 class NonFiniteLoss(RuntimeError):
@@ -41,19 +41,30 @@ def _progress(loader, show, desc):
     return loader
 
 
-def train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg):
-    """One epoch; returns mean losses, images/s, seconds. Raises NonFiniteLoss."""
+def train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg, ramp=None):
+    """One epoch; returns mean losses (for Sharpen Focus also the means of its three parts,
+    unweighted), images/s, seconds. Raises NonFiniteLoss.
+    ``ramp``: None, or (wrapper, full weight, factor of the optimizer step) for the ramp-up of
+    the attention weight."""
     net.train()
-    totals, images, t0 = torch.zeros(3, dtype=torch.float64), 0, time.perf_counter()
+    totals, images, t0 = torch.zeros(6, dtype=torch.float64), 0, time.perf_counter()
     bar = _progress(loader, show, desc)
-    for it, (x, y) in enumerate(bar):
-        x, y = data.prepare(x.to(dst.device, non_blocking=True), train=True), y.to(dst.device)
+    for it, batch in enumerate(bar):
+        x = data.prepare(batch[0].to(dst.device, non_blocking=True), train=True)
+        y = batch[1].to(dst.device)
+        if ramp is not None:
+            wrapper, weight, factor = ramp
+            wrapper.weight = weight * factor(sched.last_epoch)
         if cfg.get("channels_last"):
             x = x.contiguous(memory_format=torch.channels_last)
         with ctx():
             step = net(x, y)
+        has_parts = hasattr(step, "parts")
+        parts = [p.detach().float().mean() for p in step.parts[1:]] if has_parts \
+            else [step.loss.detach().new_zeros(())] * 3
         vals = dst.sum(torch.stack([step.loss.detach(), step.classification_loss.detach(),
-                                    step.attention_loss.detach()]).double().cpu()) / dst.world
+                                    step.attention_loss.detach(), *parts]).double().cpu()) \
+            / dst.world
         if not torch.isfinite(vals[0]):
             raise NonFiniteLoss(f"{desc}: the loss became {vals[0].item()} at step {it + 1} "
                                 f"(classification {vals[1].item():.4g}, attention "
@@ -70,17 +81,21 @@ def train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg
                             img_s=f"{images / (time.perf_counter() - t0):.0f}")
     seconds = time.perf_counter() - t0
     steps = max(it + 1, 1) if images else 1
+    parts = {f"train_{k}": totals[3 + i].item() / steps
+             for i, k in enumerate(("inner_iou", "last_iou", "consistency"))}
     return {"train_loss": totals[0].item() / steps,
             "train_classification_loss": totals[1].item() / steps,
             "train_attention_loss": totals[2].item() / steps,
+            **(parts if images and has_parts else {}),
             "train_images_per_s": images / max(seconds, 1e-9), "train_time_s": seconds,
             "train_images": images}
 
 
 def loaders(cfg, data, dst):
-    """(sampler, train loader, test loader): a DistributedSampler (shuffled by seed + epoch, so a
-    resumed run draws the same order) over the global batch split across processes; the test set
-    in shards without padding. Workers: 0 for in-memory sources unless --workers says."""
+    """(sampler, train loader, eval loader): a DistributedSampler (shuffled by seed + epoch, so a
+    resumed run draws the same order) over the global batch split across processes; the
+    evaluation split (--eval-split) in shards without padding, each sample with its box when the
+    data has boxes. Workers: 0 for in-memory sources unless --workers says."""
     if cfg["batch_size"] % dst.world:
         raise SystemExit(f"--batch-size {cfg['batch_size']} must be divisible by the "
                          f"{dst.world} processes")
@@ -95,9 +110,9 @@ def loaders(cfg, data, dst):
     loader = DataLoader(data.train, batch_size=per_rank, sampler=sampler, drop_last=drop,
                         num_workers=workers, pin_memory=dst.device.type == "cuda",
                         persistent_workers=workers > 0)
-    test_loader = DataLoader(data_mod.shard(data.test, dst.rank, dst.world), batch_size=per_rank,
-                             num_workers=workers)
-    return sampler, loader, test_loader
+    eval_loader = DataLoader(data_mod.shard(data.split(cfg["eval_split"]), dst.rank, dst.world),
+                             batch_size=per_rank, num_workers=workers)
+    return sampler, loader, eval_loader
 
 
 def run(cfg, method, data, dst, log):
@@ -111,10 +126,12 @@ def run(cfg, method, data, dst, log):
     if dst.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[dst.device.index] if dst.device.type == "cuda" else None)
-    sampler, loader, test_loader = loaders(cfg, data, dst)
+    sampler, loader, eval_loader = loaders(cfg, data, dst)
     opt = torch.optim.SGD(raw.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                           weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, len(loader)))
+    ramp = (raw, raw.weight, ramp_factor(cfg, len(loader))) \
+        if cfg["ramp_epochs"] > 0 and hasattr(raw, "weight") else None
     scaler = torch.amp.GradScaler(dst.device.type, enabled=cfg.get("amp") == "fp16")
     states = {"net": raw, "optimizer": opt, "scheduler": sched, "scaler": scaler}
     ctx = autocast_ctx(cfg, dst.device)
@@ -133,20 +150,27 @@ def run(cfg, method, data, dst, log):
         desc = f"{method} epoch {epoch + 1}/{cfg['epochs']}"
         lr = opt.param_groups[0]["lr"]
         try:
-            row = train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg)
+            row = train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg,
+                              ramp)
         except NonFiniteLoss as e:
             good = (f"the last good checkpoint {ckpt_path} (epoch {epoch}) is kept"
                     if ckpt_path.is_file() and epoch else "no checkpoint had been written yet")
             raise NonFiniteLoss(f"{e}; training stopped, {good}") from None
-        row = {"epoch": epoch + 1, "lr": lr, **row,
-               **{f"test_{k}": v for k, v in evaluate(probe, test_loader, data, ctx, dst).items()}}
+        dst.broadcast_buffers(raw)
+        row = {"epoch": epoch + 1, "lr": lr, **row}
+        if epoch + 1 == cfg["epochs"] or (cfg["eval_every"] and
+                                          (epoch + 1) % cfg["eval_every"] == 0):
+            split = cfg["eval_split"]
+            row.update({f"{split}_{k}": v
+                        for k, v in evaluate(probe, eval_loader, data, ctx, dst).items()})
         history.append(row)
         rngs = dst.gather(checkpoints.rng_state())
         if dst.main:
             checkpoints.save(ckpt_path, method, cfg, epoch + 1, states, rngs, history)
-            report.write_metrics(run_dir, history, report.summarize(method, history, run_dir, data))
+            report.write_metrics(run_dir, history,
+                                 report.summarize(method, history, run_dir, cfg["eval_split"]))
         dst.barrier()
-        log(report.epoch_line(desc, row, data.multilabel))
-    summary = report.summarize(method, history, run_dir, data)
+        log(report.epoch_line(desc, row, cfg["eval_split"]))
+    summary = report.summarize(method, history, run_dir, cfg["eval_split"])
     summary.update(_model=model, _last=last)
     return summary

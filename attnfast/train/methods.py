@@ -1,6 +1,7 @@
 """The model of a run and the wrapper of its method (``recipes.METHODS``): the baseline,
 Sharpen Focus or GGAM around a model from :mod:`attnfast.train.models` (or torchvision), and
-the probe that measures attention separability on every method."""
+the probe that measures attention on every method (the same probe for every method: first
+order, the paper's loss options, so that its numbers compare across methods)."""
 from __future__ import annotations
 
 import torch
@@ -9,6 +10,7 @@ from ..baseline import Baseline
 from ..ggam import GGAM
 from ..sharpen_focus import SharpenFocus
 from . import models
+from .recipes import method_weight
 
 
 def build(cfg, method, data, dst):
@@ -26,15 +28,17 @@ def build(cfg, method, data, dst):
     if cfg.get("channels_last"):
         model.to(memory_format=torch.channels_last)
     if cfg.get("compile"):
-        if method == "sharpen-focus" and not cfg.get("first_order"):
+        if method == "sharpen-focus" and cfg["order"] != "first":
             raise SystemExit("--compile needs --first-order with sharpen-focus: second-order "
                              "Sharpen Focus differentiates through the model's backward, which "
                              "torch.compile does not support (double backward)")
         model.compile(backend=cfg["compile_backend"])
     sf_kw = dict(head=head, attention=cfg["attention"], multilabel=data.multilabel)
     if method == "sharpen-focus":
-        net = SharpenFocus(model, inner, last, second_order=not cfg.get("first_order"),
-                           weight=1.0 if cfg["weight"] is None else cfg["weight"], **sf_kw)
+        net = SharpenFocus(model, inner, last, second_order=cfg["order"] == "second",
+                           weight=method_weight(cfg, method), mask=cfg["mask"],
+                           part_weights=(cfg["inner_weight"], cfg["last_weight"],
+                                         cfg["consistency_weight"]), **sf_kw)
     elif method == "ggam":
         layer = cfg.get("ggam_layer") or last
         channels = getattr(model, "stage_channels", {}).get(layer)
@@ -42,14 +46,13 @@ def build(cfg, method, data, dst):
             raise SystemExit(f"GGAM needs the channel count of {layer!r}; use a model from "
                              f"attnfast.train.models ({models.available()})")
         net = GGAM(model, layer, channels=channels, reduction=cfg["reduction"],
-                   weight=0.1 if cfg["weight"] is None else cfg["weight"],
+                   weight=method_weight(cfg, method),
                    target=cfg["ggam_target"], multilabel=data.multilabel)
         net.to(dst.device)
     else:
         net = Baseline(model, multilabel=data.multilabel)
-    # the probe measures separability on every method; made after GGAM, its hooks see the
+    # the probe measures attention on every method; made after GGAM, its hooks see the
     # rescaled features that feed the rest of the network
-    probe = net if method == "sharpen-focus" else \
-        SharpenFocus(model, inner, last, second_order=False, **sf_kw)
+    probe = SharpenFocus(model, inner, last, second_order=False, **sf_kw)
     return model, net, probe, last
 

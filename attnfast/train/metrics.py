@@ -1,8 +1,11 @@
-"""Test metrics: top-1/top-5 (single label) or mAP and ROC AUC (multi-label), and the means of
-the Sharpen Focus parts that measure attention separability on every method."""
+"""Evaluation metrics: top-1/top-5 (single label) or mAP and ROC AUC (multi-label), the means of
+the Sharpen Focus parts that measure attention separability on every method, and the
+localization of the attention maps where boxes are known (:mod:`.localize`)."""
 from __future__ import annotations
 
 import torch
+
+from .localize import localization
 
 
 def average_precision(scores, targets):
@@ -35,40 +38,60 @@ def roc_auc(scores, targets):
     return float(torch.stack(aucs).mean()) if aucs else float("nan")
 
 
+LAYERS = ("inner", "last")
+
+
 def evaluate(probe, loader, data, ctx, dst):
-    """Test metrics: top-1/top-5 % (or mAP/AUC % for multi-label) and the means of the
-    Sharpen Focus parts (inner/last masked soft-IoU target vs confuser, consistency)."""
+    """Metrics of the model in eval mode over ``loader`` (one split): top-1/top-5 % (or mAP/AUC %
+    for multi-label), the means of the Sharpen Focus parts measured by ``probe`` (``inner_iou``,
+    ``last_iou``: masked soft-IoU target vs confuser; ``consistency``: L_ac) and, when the data
+    carries boxes, the localization of :mod:`.localize` at both layers: ``{layer}_energy`` and
+    ``{layer}_pointing`` of the target map, ``{layer}_confuser_energy`` of the confuser map."""
     model = probe.model
     was = model.training
     model.eval()
-    sums = torch.zeros(6, dtype=torch.float64)
+    keys = ["n", "top1", "top5", "inner_iou", "last_iou", "consistency"]
+    if data.boxes:
+        keys += [f"{layer}_{k}" for layer in LAYERS
+                 for k in ("energy", "pointing", "confuser_energy")]
+    sums = dict.fromkeys(keys, 0.0)
     kept = []
     with torch.no_grad():
-        for x, y in loader:
-            x, y = data.prepare(x.to(dst.device), train=False), y.to(dst.device)
+        for batch in loader:
+            x, y = data.prepare(batch[0].to(dst.device), train=False), batch[1].to(dst.device)
             with ctx():
-                step = probe(x, y)
+                step, maps = probe.measure(x, y)
             logits, parts = step.logits.float(), step.parts
             if data.multilabel:
                 kept.append((logits.cpu(), y.cpu()))
             else:
                 top = logits.topk(min(5, logits.shape[1]), dim=1).indices
                 hit = top == y[:, None]
-                sums[1] += hit[:, 0].sum().item()
-                sums[2] += hit.any(1).sum().item()
-            sums[0] += len(x)
-            sums[3:] += torch.stack([p.double().sum() for p in parts[1:]]).cpu()
+                sums["top1"] += hit[:, 0].sum().item()
+                sums["top5"] += hit.any(1).sum().item()
+            sums["n"] += len(x)
+            for k, p in zip(("inner_iou", "last_iou", "consistency"), parts[1:]):
+                sums[k] += p.double().sum().item()
+            if data.boxes:
+                for layer in LAYERS:
+                    energy, pointing = localization(maps[f"{layer}_target"], batch[2],
+                                                    x.shape[-2:])
+                    other, _ = localization(maps[f"{layer}_confuser"], batch[2], x.shape[-2:])
+                    sums[f"{layer}_energy"] += energy.double().sum().item()
+                    sums[f"{layer}_pointing"] += pointing.double().sum().item()
+                    sums[f"{layer}_confuser_energy"] += other.double().sum().item()
     model.train(was)
-    sums = dst.sum(sums)
-    n = max(sums[0].item(), 1)
+    total = dst.sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
+    sums = dict(zip(keys, total.tolist()))
+    n = max(sums.pop("n"), 1)
     out = {}
     if data.multilabel:
         pairs = [p for part in dst.gather(kept) for p in part]
         scores, targets = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
         out.update(mAP=100 * average_precision(scores, targets), AUC=100 * roc_auc(scores, targets))
     else:
-        out.update(top1=100 * sums[1].item() / n, top5=100 * sums[2].item() / n)
-    out.update(inner_iou=sums[3].item() / n, last_iou=sums[4].item() / n,
-               consistency=sums[5].item() / n)
+        out.update(top1=100 * sums.pop("top1") / n, top5=100 * sums.pop("top5") / n)
+    sums.pop("top1", None)
+    sums.pop("top5", None)
+    out.update({k: v / n for k, v in sums.items()})
     return out
-

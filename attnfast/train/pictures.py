@@ -56,14 +56,22 @@ def _true_names(target, class_names):
     return class_names[int(target)]
 
 
-def attention_figure(path, images, targets, class_names, panels, title=None):
+def attention_figure(path, images, targets, class_names, panels, title=None, boxes=None):
     """Write a PNG: one row per image; the image, then for each panel (name -> TopMaps) its k maps.
 
     ``images``: N x C x H x W in [0, 1]; ``targets``: N indices or N x C multi-hot. True classes
-    get a green frame and title. Returns the path written.
+    get a green frame and title. ``boxes``: N x 4 object boxes (y0, x0, y1, x1), half-open,
+    outlined in white on the image and on every map. Returns the path written.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    def outline(ax, r):
+        if boxes is not None:
+            y0, x0, y1, x1 = (int(v) for v in boxes[r])
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                   edgecolor="white", linewidth=1))
 
     images, targets = images.detach().float().cpu(), targets.detach().cpu()
     n, _, h, w = images.shape
@@ -77,6 +85,7 @@ def attention_figure(path, images, targets, class_names, panels, title=None):
         ax = axes[r][0]
         ax.imshow(images[r].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"true: {_true_names(targets[r], class_names)}", fontsize=7)
+        outline(ax, r)
         col = 1
         for name, tm in panels.items():
             up = nnf.interpolate(tm.maps[r][:, None], size=(h, w), mode="bilinear",
@@ -87,6 +96,7 @@ def attention_figure(path, images, targets, class_names, panels, title=None):
                 ax = axes[r][col]
                 ax.imshow(grey[r].numpy(), cmap="gray", vmin=0, vmax=1)
                 ax.imshow(up[j].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                outline(ax, r)
                 hit = _is_true(targets[r], c)
                 ax.set_title(f"{class_names[c]} {float(tm.probs[r, j]):.2f}", fontsize=7,
                              color="green" if hit else "black", fontweight="bold" if hit else None)
@@ -110,21 +120,24 @@ def attention_figure(path, images, targets, class_names, panels, title=None):
 
 
 def attention_pictures(cfg, data, results, dst):
-    """attention.png per run and comparison.png with all runs side by side (rank 0)."""
+    """attention.png per run and comparison.png with all runs side by side (rank 0), on images
+    of the evaluation split."""
     k = cfg["pictures"]
     if not k or not dst.main:
         return []
+    split = data.split(cfg["eval_split"])
     idx, seen = [], set()
-    for i in range(len(data.test)):
-        y = data.test[i][1]
+    for i in range(len(split)):
+        y = split[i][1]
         key = tuple(y.tolist()) if data.multilabel else int(y)
         if key not in seen:
             seen.add(key)
             idx.append(i)
         if len(idx) == k:
             break
-    x = torch.stack([data.test[i][0] for i in idx]).to(dst.device)
-    y = torch.stack([torch.as_tensor(data.test[i][1]) for i in idx])
+    x = torch.stack([split[i][0] for i in idx]).to(dst.device)
+    y = torch.stack([torch.as_tensor(split[i][1]) for i in idx])
+    boxes = torch.stack([split[i][2] for i in idx]) if data.boxes else None
     x = data.prepare(x, train=False)
     shown = data.unnormalize(x)
     panels, written = {}, []
@@ -132,10 +145,12 @@ def attention_pictures(cfg, data, results, dst):
         panels[s["method"]] = top_class_maps(s["_model"], s["_last"], x, 5, cfg["attention"],
                                              data.multilabel)
         written.append(attention_figure(Path(s["run_dir"]) / "attention.png", shown, y,
-                                        data.class_names, {s["method"]: panels[s["method"]]}))
+                                        data.class_names, {s["method"]: panels[s["method"]]},
+                                        boxes=boxes))
     if len(panels) > 1:
         written.append(attention_figure(
             Path(cfg["out"]) / "comparison.png", shown, y, data.class_names, panels,
             title=f"top-5 class attention ({cfg['attention']}, {results[0]['_last']}); "
-                  "true class in green"))
+                  "true class in green" + ("; object box in white" if data.boxes else ""),
+            boxes=boxes))
     return written

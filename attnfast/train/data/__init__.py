@@ -11,12 +11,16 @@
   and ``cub200`` (``CUB_200_2011`` with its official split): image files through torchvision.
 * ``voc2012``: PASCAL VOC 2012 classification (``train`` / ``val`` lists of a local VOCdevkit),
   20 classes multi-hot from the annotation XML (parsed with the standard library), images by PIL.
+* ``located-digits`` (the main job's task) / ``located-digits-cue``: a digit pasted at a random
+  place on a larger canvas among fragments of other digits, its box known, train / validation /
+  test split by source image (see :mod:`.located`); ``-cue`` adds a class-correlated cue in
+  training that is decorrelated in validation and test.
 * ``synthetic`` / ``synthetic-multilabel``: noise plus a bright square at a class-specific place
   (one square per positive class); learnable in seconds, for tests and throughput runs.
 
 Modules: ``base`` (:class:`Data`, augmentation, shards), ``arrays`` (in-memory sources),
-``files`` (image-file sources). A new source is a function returning a :class:`Data` in one of
-them and an entry in ``SOURCES``.
+``files`` (image-file sources), ``located`` (the located digits). A new source is a function
+returning a :class:`Data` in one of them and an entry in ``SOURCES``.
 """
 from __future__ import annotations
 
@@ -25,11 +29,14 @@ import os
 from .arrays import cifar, digits, synthetic
 from .base import Data, first, shard
 from .files import VOC_CLASSES, caltech256, cub200, imagefolder, voc2012
+from .located import located_digits
 
 __all__ = ["Data", "load", "SOURCES", "VOC_CLASSES", "shard", "first"]
 
 SOURCES = {
     "digits": digits,
+    "located-digits": located_digits,
+    "located-digits-cue": lambda **kw: located_digits(cue=True, **kw),
     "cifar10": lambda root=None, **kw: cifar(root, 10, **kw),
     "cifar100": lambda root=None, **kw: cifar(root, 100, **kw),
     "imagefolder": imagefolder,

@@ -19,10 +19,14 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @dataclass
 class Data:
-    """Train/test datasets yielding (image, target) and what the trainer needs to know.
+    """Train/test (and optionally validation) datasets yielding (image, target) -- or
+    (image, target, box) when ``boxes`` -- and what the trainer needs to know.
 
     ``scale``: in-memory images are divided by it (255 for uint8) before normalizing; ``pad`` and
     ``flip``: batch augmentation of in-memory sources (0 / False when the dataset does its own).
+    ``val``: a validation split disjoint from test (None when the source has none); ``boxes``:
+    every sample carries the object's box (y0, x0, y1, x1), half-open, in image pixels;
+    ``sources``: for built data sets, the indices of the source images behind each split.
     """
     name: str
     train: Dataset
@@ -37,6 +41,18 @@ class Data:
     scale: float = 1.0
     pad: int = 0
     flip: bool = False
+    val: Dataset | None = None
+    boxes: bool = False
+    sources: dict | None = None
+
+    def split(self, name):
+        """The dataset of split ``name`` ("train", "val" or "test")."""
+        ds = {"train": self.train, "val": self.val, "test": self.test}.get(name)
+        if ds is None:
+            raise SystemExit(f"data source {self.name} has no {name!r} split"
+                             + (" (sources with one: located-digits, located-digits-cue)"
+                                if name == "val" else ""))
+        return ds
 
     def prepare(self, images, train):
         """float32 (x / scale - mean) / std, with random pad-crop and flip when ``train``."""
