@@ -311,6 +311,8 @@ def cmd_ggam(args):
         print(json.dumps(rows[-1]))
     for guide in args.guides.split(","):
         for weight in (float(w) for w in args.weights.split(",")):
+            if weight == 0 and guide != args.guides.split(",")[0]:
+                continue  # the module without its loss: the guide plays no part
             for seed in range(args.seeds):
                 model, gg = make("ggam", data, seed, weight=weight, guide=guide)
                 try:
@@ -384,7 +386,7 @@ def main(argv=None):
                                                 "trainer source with a validation split")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--epochs", type=int, default=RECIPE["epochs"])
-    p.add_argument("--weights", default="0.1,1,3,9")
+    p.add_argument("--weights", default="0,0.1,1,3,9")
     p.add_argument("--guides", default="paper,standardized")
     p.add_argument("--threads", type=int)
     p.add_argument("--out", default="runs/ggam_capture")
