@@ -296,23 +296,23 @@ def cmd_init(args):
         train(Baseline(model), data, seed, args.epochs)
         row.update({f"trained_{k}": v for k, v in coupling(model, x, y).items()})
         rows.append(row)
-        print(json.dumps(row))
+        print(json.dumps(row), flush=True)
     return {"init": rows}
 
 
 def cmd_ggam(args):
     data, boxes = validation_data(args.data)
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.seeds if args.baseline else 0):
         model, net = make("baseline", data, seed)
         secs = train(net, data, seed, args.epochs)
         rows.append({"method": "baseline", "seed": seed, "seconds": secs,
                      **evaluate(model, data, boxes)})
-        print(json.dumps(rows[-1]))
+        print(json.dumps(rows[-1]), flush=True)
     for guide in args.guides.split(","):
         for weight in (float(w) for w in args.weights.split(",")):
-            if weight == 0 and guide != args.guides.split(",")[0]:
-                continue  # the module without its loss: the guide plays no part
+            if weight == 0 and (guide != args.guides.split(",")[0] or not args.baseline):
+                continue  # the module without its loss (once, with the baseline): no guide
             for seed in range(args.seeds):
                 model, gg = make("ggam", data, seed, weight=weight, guide=guide)
                 try:
@@ -324,7 +324,7 @@ def cmd_ggam(args):
                 rows.append({"method": "ggam", "guide": guide, "weight": weight, "seed": seed,
                              "seconds": secs, **evaluate(model, data, boxes),
                              **guide_scale(gg, data)})
-                print(json.dumps(rows[-1]))
+                print(json.dumps(rows[-1]), flush=True)
     return {"ggam": rows}
 
 
@@ -361,7 +361,7 @@ def cmd_capture(args):
             secs = train(net, data, seed, args.epochs)
             rows.append({"method": label, "seed": seed, "seconds": secs,
                          **evaluate(model, data, boxes)})
-            print(json.dumps(rows[-1]))
+            print(json.dumps(rows[-1]), flush=True)
     ratio = step_time_ratio(data)
     print(json.dumps(ratio))
     return {"capture": rows, "step_time": ratio}
@@ -381,31 +381,40 @@ def table(rows, keys, group):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("init", "ggam", "capture"))
+    p.add_argument("what", choices=("init", "ggam", "capture", "report"))
+    p.add_argument("files", nargs="*", help="report: the json files of earlier runs")
     p.add_argument("--data", default=None, help="digits (ggam, init), canvas (capture), or a "
                                                 "trainer source with a validation split")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     p.add_argument("--weights", default="0,0.1,1,3,9")
     p.add_argument("--guides", default="paper,standardized")
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                   help="ggam: also train the baseline and GGAM with weight 0")
     p.add_argument("--threads", type=int)
     p.add_argument("--out", default="runs/ggam_capture")
     args = p.parse_args(argv)
     args.data = args.data or ("canvas" if args.what == "capture" else "digits")
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = {"init": cmd_init, "ggam": cmd_ggam, "capture": cmd_capture}[args.what](args)
-    result["args"] = vars(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.what}-{args.data}.json").write_text(json.dumps(result, indent=1))
-    rows = result.get(args.what)
-    if args.what == "ggam":
-        print(table(rows, ["top1", "beta_abs_mean", "q_max_dev"], ["method", "guide", "weight"]))
-    elif args.what == "capture":
-        keys = ["top1", "inner_target_energy", "inner_target_pointing", "last_target_energy",
-                "last_target_pointing", "seconds"]
-        print(table(rows, keys, ["method"]))
+    if args.what == "report":
+        results = [json.loads(Path(f).read_text()) for f in args.files]
+    else:
+        result = {"init": cmd_init, "ggam": cmd_ggam, "capture": cmd_capture}[args.what](args)
+        result["args"] = vars(args)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{args.what}-{args.data}.json").write_text(json.dumps(result, indent=1))
+        results = [result]
+    for what, keys, group in (
+            ("ggam", ["top1", "beta_abs_mean", "q_max_dev", "seconds"],
+             ["method", "guide", "weight"]),
+            ("capture", ["top1", "inner_target_energy", "inner_target_pointing",
+                         "last_target_energy", "last_target_pointing", "seconds"], ["method"]),
+            ("init", [k for k in (results[0].get("init") or [{}])[0] if k != "seed"], [])):
+        rows = [r for res in results for r in res.get(what, [])]
+        if rows:
+            print(table(rows, keys, group))
 
 
 if __name__ == "__main__":
