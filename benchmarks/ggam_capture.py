@@ -155,9 +155,9 @@ def localization(maps, boxes, size):
     up = nnf.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear",
                          align_corners=False)[:, 0].clamp_min(0).flatten(1)
     r = torch.arange(size)
-    inside = ((r[None, :, None] >= boxes[:, 0, None, None]) & (r[None, :, None] < boxes[:, 2, None, None])
-              & (r[None, None, :] >= boxes[:, 1, None, None])
-              & (r[None, None, :] < boxes[:, 3, None, None])).flatten(1)
+    rows, cols = r[None, :, None], r[None, None, :]
+    inside = ((rows >= boxes[:, 0, None, None]) & (rows < boxes[:, 2, None, None])
+              & (cols >= boxes[:, 1, None, None]) & (cols < boxes[:, 3, None, None])).flatten(1)
     total = up.sum(1)
     energy = torch.where(total > 0, (up * inside).sum(1) / total.clamp_min(1e-30),
                          inside.float().mean(1))
@@ -265,11 +265,15 @@ def coupling(model, x, y):
             "map_coupled_vs_fixed": rel(nmap(coupled), nmap(fixed))}
 
 
+def seeds(args):
+    return range(args.first_seed, args.first_seed + args.seeds)
+
+
 def cmd_init(args):
     data, _ = validation_data(args.data)
     x, y = first_batch(data)
     rows = []
-    for seed in range(args.seeds):
+    for seed in seeds(args):
         model, gg = make("ggam", data, seed)
         gg.train()
         with torch.no_grad():
@@ -303,7 +307,7 @@ def cmd_init(args):
 def cmd_ggam(args):
     data, boxes = validation_data(args.data)
     rows = []
-    for seed in range(args.seeds if args.baseline else 0):
+    for seed in seeds(args) if args.baseline else ():
         model, net = make("baseline", data, seed)
         secs = train(net, data, seed, args.epochs)
         rows.append({"method": "baseline", "seed": seed, "seconds": secs,
@@ -311,9 +315,9 @@ def cmd_ggam(args):
         print(json.dumps(rows[-1]), flush=True)
     for guide in args.guides.split(","):
         for weight in (float(w) for w in args.weights.split(",")):
-            if weight == 0 and (guide != args.guides.split(",")[0] or not args.baseline):
-                continue  # the module without its loss (once, with the baseline): no guide
-            for seed in range(args.seeds):
+            if weight == 0 and guide != args.guides.split(",")[0]:
+                continue  # the module without its loss: once, the guide plays no part
+            for seed in seeds(args):
                 model, gg = make("ggam", data, seed, weight=weight, guide=guide)
                 try:
                     secs = train(gg, data, seed, args.epochs)
@@ -353,7 +357,7 @@ def step_time_ratio(data, seed=0, steps=12):
 def cmd_capture(args):
     data, boxes = validation_data(args.data)
     rows = []
-    for seed in range(args.seeds):
+    for seed in seeds(args):
         for label, method, kw in (("baseline", "baseline", {}),
                                   ("sf-coupled", "sharpen-focus", {}),
                                   ("sf-per-sample", "sharpen-focus", {"per_sample_grads": True})):
@@ -385,12 +389,13 @@ def main(argv=None):
     p.add_argument("files", nargs="*", help="report: the json files of earlier runs")
     p.add_argument("--data", default=None, help="digits (ggam, init), canvas (capture), or a "
                                                 "trainer source with a validation split")
-    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=2, help="how many seeds")
+    p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     p.add_argument("--weights", default="0,0.1,1,3,9")
     p.add_argument("--guides", default="paper,standardized")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
-                   help="ggam: also train the baseline and GGAM with weight 0")
+                   help="ggam: also train the baseline")
     p.add_argument("--threads", type=int)
     p.add_argument("--out", default="runs/ggam_capture")
     args = p.parse_args(argv)

@@ -15,6 +15,7 @@ import torch.nn.functional as nnf
 import attnfast
 from attnfast import GGAM, SharpenFocus, reference
 from attnfast.train import models
+from test_wrappers import forward_with  # logits and named layers' outputs by the test's hooks
 
 N, C, SIZE = 6, 5, 12
 INNER, LAST = "layer2", "layer3"  # resnet8: BatchNorm layers in layer3 come after INNER
@@ -43,18 +44,6 @@ def norms(model):
 
 def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
-
-
-def forward_with(model, names, x, prepend=False):
-    store, mods = {}, dict(model.named_modules())
-    hs = [mods[n].register_forward_hook(lambda m, a, o, n=n: store.__setitem__(n, o),
-                                        prepend=prepend) for n in names]
-    try:
-        logits = model(x)
-    finally:
-        for h in hs:
-            h.remove()
-    return logits, [store[n] for n in names]
 
 
 def freeze_to_batch_statistics(model, x):
