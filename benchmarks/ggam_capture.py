@@ -40,6 +40,8 @@ from attnfast.train import models
 from attnfast.train.recipes import RECIPES
 
 RECIPE = RECIPES["digits"]
+LOCALIZATION = ("inner_target_energy", "inner_target_pointing", "last_target_energy",
+                "last_target_pointing")
 
 
 # ----------------------------------------------------------------------------- data
@@ -372,14 +374,19 @@ def cmd_capture(args):
 
 
 def table(rows, keys, group):
+    """Markdown: one row per group, mean ± sd of each key, and the first key seed by seed."""
     groups = {}
     for r in rows:
         groups.setdefault(tuple(r.get(g) for g in group), []).append(r)
-    lines = ["| " + " | ".join([*group, *keys, "seeds"]) + " |",
+    keys = [k for k in keys if any(r.get(k) is not None for r in rows)]
+    lines = ["| " + " | ".join([*group, *keys, f"{keys[0]} by seed"]) + " |",
              "|" + "---|" * (len(group) + len(keys) + 1)]
     for g, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r.get("seed", 0))
+        each = ", ".join(f"{r['seed']}: {r[keys[0]]:.4g}" if r.get(keys[0]) is not None
+                         else f"{r['seed']}: diverged" for r in rs)
         lines.append("| " + " | ".join([*(str(v) for v in g), *(mean_sd(rs, k) for k in keys),
-                                        str(len(rs))]) + " |")
+                                        each]) + " |")
     return "\n".join(lines)
 
 
@@ -412,10 +419,9 @@ def main(argv=None):
         (out / f"{args.what}-{args.data}.json").write_text(json.dumps(result, indent=1))
         results = [result]
     for what, keys, group in (
-            ("ggam", ["top1", "beta_abs_mean", "q_max_dev", "seconds"],
+            ("ggam", ["top1", *LOCALIZATION, "beta_abs_mean", "q_max_dev"],
              ["method", "guide", "weight"]),
-            ("capture", ["top1", "inner_target_energy", "inner_target_pointing",
-                         "last_target_energy", "last_target_pointing", "seconds"], ["method"]),
+            ("capture", ["top1", *LOCALIZATION], ["method"]),
             ("init", [k for k in (results[0].get("init") or [{}])[0] if k != "seed"], [])):
         rows = [r for res in results for r in res.get(what, [])]
         if rows:
