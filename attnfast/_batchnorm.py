@@ -91,12 +91,14 @@ def _refuse_sync(bn):
 
 
 class FixedBatchStatistics:
-    """Forward hooks on every BatchNorm layer of ``model`` that, while :meth:`recording`, give the
-    layer's output the backward described in the module docstring. Layers in eval mode with
-    running statistics are left alone (their samples do not interact)."""
+    """Forward hooks on every BatchNorm layer of ``model`` that, while :meth:`recording` and once
+    :meth:`arm` has been called in that forward (by the wrapper, when the first feature whose
+    gradient it takes is computed), give the layer's output the backward described in the module
+    docstring. Layers that ran before (they cannot depend on the features) and layers in eval
+    mode with running statistics (their samples do not interact) are left alone."""
 
     def __init__(self, model):
-        self.active = False
+        self.active = self.armed = False
         self.handles = [m.register_forward_hook(self._hook) for m in model.modules()
                         if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
@@ -107,15 +109,21 @@ class FixedBatchStatistics:
         if fixed is None:
             yield
             return
-        fixed.active = True
+        fixed.active, fixed.armed = True, False
         try:
             yield
         finally:
-            fixed.active = False
+            fixed.active = fixed.armed = False
+
+    @staticmethod
+    def arm(fixed):
+        """From now on in this forward, record BatchNorm layers (a no-op for ``None``)."""
+        if fixed is not None and fixed.active:
+            fixed.armed = True
 
     @torch.compiler.disable
     def _hook(self, bn, args, output):
-        if not self.active or not torch.is_grad_enabled() or not _uses_batch_statistics(bn):
+        if not self.armed or not torch.is_grad_enabled() or not _uses_batch_statistics(bn):
             return None
         _refuse_sync(bn)
         x = args[0]

@@ -113,6 +113,7 @@ class LayerTap:
         def hook(module, args, output):
             if self.active:
                 self.store[name] = (args[0], output) if with_input else output
+                FixedBatchStatistics.arm(self.fixed)
         return hook
 
     @contextlib.contextmanager

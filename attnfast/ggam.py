@@ -126,6 +126,8 @@ class GGAM(SupervisedWrapper):
 
     @torch.compiler.disable
     def _attend(self, module, args, output):
+        if self._capture:
+            FixedBatchStatistics.arm(self._fixed)  # before the module: it may hold BatchNorm
         d, s, t = self.attention(output)
         if self._capture:
             self._store.update(a=output, s=s, t=t)

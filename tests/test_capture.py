@@ -250,3 +250,21 @@ def test_exact_mode_under_autocast_bf16():
     step.loss.backward()
     assert low.dtype == torch.bfloat16 and torch.isfinite(step.loss)
     assert rel(low.float(), exact) < 0.2, rel(low.float(), exact)
+
+
+def test_only_batchnorm_layers_after_the_captured_features_are_recorded():
+    """BatchNorm layers that run before the first captured layer keep their own backward (they
+    cannot depend on the features); those after it get the fixed-statistics one."""
+    model, (x, y) = tiny(), batch()
+    sf = SharpenFocus(model.train(), INNER, LAST, per_sample_grads=True)
+    seen, bns = {}, norms(model)
+    def hook(name):
+        return lambda m, a, o: seen.__setitem__(name, type(o.grad_fn).__name__)
+    hs = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if m in bns]
+    sf(x, y)
+    for h in hs:
+        h.remove()
+    after = {n: v for n, v in seen.items() if n.startswith(LAST)}
+    before = {n: v for n, v in seen.items() if not n.startswith(LAST)}
+    assert after and all(v == "_FixedStatisticsBackward" for v in after.values()), after
+    assert before and all(v != "_FixedStatisticsBackward" for v in before.values()), before
