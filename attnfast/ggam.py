@@ -1,10 +1,18 @@
 """GGAM (Xu et al. 2021) around any model whose layers are named.
 
-After ``layer`` an SE channel attention S = sigmoid(W2 ReLU(W1 GAP(A))) and the channel-spatial
-op give D = A * T (SPEC), passed on as (H W) * D (T sums to 1 over the pixels; see
-ChannelSpatialAttention); the loss adds ``weight * mean_n ggam_loss(S, beta)``, beta = Grad-CAM
-channel weights (mean_ij dY^c/dA) of the predicted (or labelled) class w.r.t. the module input
-A, detached. Gradients are taken as :mod:`attnfast.capture` describes.
+After ``layer`` the channel attention S = softmax_c(W2 ReLU(W1 GAP(A) + b1) + b2) (the paper's
+Eq. 1: a distribution over the C channels) and the channel-spatial op give D = A * T (SPEC),
+passed on as (H W) * D (T sums to 1 over the pixels; see ChannelSpatialAttention). The loss adds
+``weight * mean_n ggam_loss(S, guide(beta))``, beta = Grad-CAM channel weights
+(mean_ij dY^c/dA) of the predicted (or labelled) class w.r.t. the module input A, detached;
+ggam_loss compares S with q = sigmoid(b) / sum_k sigmoid(b) by a symmetric KL (Eq. 5).
+
+``guide``: what b is. "paper": b = beta, the paper's literal form. Grad-CAM weights are small
+(|beta| ~ 1e-3 for a ResNet-20 on digits, so q is uniform within 0.1 %, and the KL then only
+pulls S towards uniform); "standardized": b = (beta - mean_k beta) / std_k beta per sample, so q
+ranks the channels as Grad-CAM does with a contrast that does not depend on the gradients' scale
+(measurements: docs/GGAM_AND_CAPTURE.md). Gradients are taken as :mod:`attnfast.capture`
+describes (``per_sample_grads`` there).
 """
 from __future__ import annotations
 
@@ -15,15 +23,19 @@ import torch.nn as nn
 
 from . import ops
 from ._compat import donated_buffer_disabled
-from .capture import (SupervisedWrapper, check_targets, classification_loss,
-                      refuse_compiled_double_backward, resolve_layer, score_grads)
+from .capture import (FixedBatchStatistics, SupervisedWrapper, check_targets,
+                      classification_loss, refuse_compiled_double_backward, resolve_layer,
+                      score_grads)
 
-__all__ = ["GGAM", "GGAMStep", "ChannelSpatialAttention"]
+__all__ = ["GGAM", "GGAMStep", "ChannelSpatialAttention", "GUIDES", "guide_logits"]
+
+GUIDES = ("paper", "standardized")
 
 
 class GGAMStep(NamedTuple):
-    """One GGAM training step: S (N x C), T (N x H x W), beta (N x C, detached) and the classes
-    whose Grad-CAM gave beta (N indices, or N x C multi-hot)."""
+    """One GGAM training step: S (N x C), T (N x H x W), beta (N x C, detached: the raw Grad-CAM
+    weights, before ``guide``) and the classes whose Grad-CAM gave beta (N indices, or N x C
+    multi-hot)."""
     logits: torch.Tensor
     loss: torch.Tensor
     classification_loss: torch.Tensor
@@ -34,13 +46,30 @@ class GGAMStep(NamedTuple):
     classes: torch.Tensor
 
 
+def guide_logits(beta, guide="paper"):
+    """The b that ggam_loss turns into q = sigmoid(b) / sum_k sigmoid(b): beta itself ("paper"),
+    or beta standardized over the channels of each sample, (beta - mean) / std (population std;
+    a sample whose beta is constant gets b = 0, i.e. a uniform q) ("standardized")."""
+    if guide == "paper":
+        return beta
+    if guide != "standardized":
+        raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}")
+    centred = beta - beta.mean(dim=1, keepdim=True)
+    std = beta.std(dim=1, correction=0, keepdim=True)
+    return centred / std.clamp_min(torch.finfo(beta.dtype).tiny)
+
+
 class ChannelSpatialAttention(nn.Module):
-    """S = sigmoid(W2 ReLU(W1 GAP(A) + b1) + b2) (SE, hidden = C / reduction), then
+    """S = softmax_c(W2 ReLU(W1 GAP(A) + b1) + b2) (hidden = C / reduction; GGAM Eq. 1), then
     (D, T) = channel_spatial_attention(A, S): D = A * T, T = sum_c A S / sum_{c,i,j} A S.
 
-    The module outputs (H W) * D: T sums to 1 over the H x W pixels, so D alone is the features
-    shrunk by about H W (1/64 on an 8 x 8 map), which starves a GAP + linear head that follows
-    (on digits a ResNet-20 stays at chance); the constant H W makes a uniform T the identity.
+    The module outputs (H W) * D = A * (H W) T: T sums to 1 over the H x W pixels, so D alone is
+    the features shrunk by about H W (1/64 on an 8 x 8 map), which starves a GAP + linear head
+    that follows (on digits a ResNet-20 stays at chance); with the constant H W a uniform T (the
+    channel sum of A S the same at every pixel) makes the module the identity. T, and so the
+    output, does not change when S is multiplied by a constant (up to the op's eps), so the
+    softmax (rather than an SE sigmoid) changes what the loss compares, not what the module can
+    express: a uniform S = 1/C gives T = sum_c A / sum_{c,i,j} A, the features' own energy map.
     """
 
     def __init__(self, channels, reduction=16):
@@ -51,12 +80,13 @@ class ChannelSpatialAttention(nn.Module):
         self.fc1, self.fc2 = nn.Linear(channels, hidden), nn.Linear(hidden, channels)
 
     def forward(self, a):
-        """Returns ((H W) * D, S, T)."""
+        """Returns ((H W) * D, S, T); S and T in float32 (float64 for float64 features)."""
         if a.dim() != 4 or a.shape[1] != self.fc1.in_features:
             raise ValueError(f"GGAM attention expects N x {self.fc1.in_features} x H x W features, "
                              f"got shape {tuple(a.shape)} (check `channels`)")
         acc = torch.float64 if a.dtype == torch.float64 else torch.float32
-        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(a.mean(dim=(2, 3)))))).to(acc)
+        z = self.fc2(torch.relu(self.fc1(a.mean(dim=(2, 3)))))
+        s = torch.softmax(z.to(acc), dim=1)
         d, t = ops.channel_spatial_attention(a, s)
         return d * (a.shape[2] * a.shape[3]), s, t
 
@@ -65,26 +95,39 @@ class GGAM(SupervisedWrapper):
     """GGAM around ``model``: the channel-spatial module rescales the output of ``layer``.
 
     ``ggam(images, targets)`` -> :class:`GGAMStep` with
-    loss = classification + weight * mean_n ggam_loss(S, beta.detach()), beta the Grad-CAM channel
-    weights w.r.t. the module input of the predicted class (``target="predicted"``, the paper) or
-    of the label (``"label"``; multi-label: the positives / the classes with logit > 0).
+    loss = classification + weight * mean_n ggam_loss(S, guide(beta.detach())), beta the
+    Grad-CAM channel weights w.r.t. the module input of the predicted class
+    (``target="predicted"``, the paper) or of the label (``"label"``; multi-label: the positives /
+    the classes with logit > 0). ``guide``: "paper" or "standardized" (module docstring).
+    ``per_sample_grads``: beta from gradients with the batch statistics of the BatchNorm layers
+    after ``layer`` held fixed (exact per-sample; see :mod:`attnfast.capture`); without it, in
+    train mode, beta[n] also holds the other samples' terms through those statistics.
     ``ggam(images)`` -> logits (the module applied).
     """
 
     def __init__(self, model, layer="layer4", *, channels, reduction=16, weight=1.0,
-                 target="predicted", multilabel=False):
+                 target="predicted", multilabel=False, guide="paper", per_sample_grads=False):
         super().__init__()
         if target not in ("predicted", "label"):
             raise ValueError(f"target must be 'predicted' or 'label', got {target!r}")
+        if guide not in GUIDES:
+            raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}")
         refuse_compiled_double_backward(model, "GGAM", False)
         self.model, self.layer = model, layer
         self.attention = ChannelSpatialAttention(channels, reduction)
-        self.weight, self.target, self.multilabel = weight, target, multilabel
+        self.weight, self.target, self.multilabel, self.guide = weight, target, multilabel, guide
         self._capture, self._store = False, {}
         self._handle = resolve_layer(model, layer).register_forward_hook(self._attend)
+        self._fixed = FixedBatchStatistics(model) if per_sample_grads else None
+
+    @property
+    def per_sample_grads(self) -> bool:
+        return self._fixed is not None
 
     @torch.compiler.disable
     def _attend(self, module, args, output):
+        if self._capture:
+            FixedBatchStatistics.arm(self._fixed)  # before the module: it may hold BatchNorm
         d, s, t = self.attention(output)
         if self._capture:
             self._store.update(a=output, s=s, t=t)
@@ -92,7 +135,7 @@ class GGAM(SupervisedWrapper):
 
     def _step(self, images, targets, keep_graph):
         logits, targets, classes, s, t, beta = self._forward_gradcam(images, targets)
-        attn = ops.ggam_loss(s, beta).mean()
+        attn = ops.ggam_loss(s, guide_logits(beta, self.guide)).mean()
         cls = classification_loss(logits, targets, self.multilabel)
         loss = cls + self.weight * attn
         return GGAMStep(logits, loss, cls, attn, s, t, beta, classes)
@@ -103,7 +146,8 @@ class GGAM(SupervisedWrapper):
         with donated_buffer_disabled():
             self._capture = True
             try:
-                logits = self.model(images)
+                with FixedBatchStatistics.recording(self._fixed):
+                    logits = self.model(images)
             finally:
                 self._capture = False
             a, s, t = (self._store.pop(k) for k in ("a", "s", "t"))

@@ -70,12 +70,14 @@ class SharpenFocus(SupervisedWrapper):
     fails the check raises ``ValueError``); ``None`` always uses autograd.
     ``sf(images, targets)`` -> :class:`SharpenFocusStep`; ``sf(images)`` -> logits.
     Called with gradients disabled, the step is first-order and its tensors detached.
+    ``per_sample_grads``: in train mode, exact per-sample gradients (BatchNorm statistics held
+    fixed in the class-score gradient pass; :mod:`attnfast.capture` says what is captured).
     """
 
     def __init__(self, model, inner_layer="layer3", last_layer="layer4", *, head="auto",
                  attention="pixel", second_order=True, multilabel=False, weight=1.0, sigma=0.55,
                  omega=100.0, alpha=1.0, normalize=True, mask_grad=False,
-                 part_weights=(1.0, 1.0, 1.0), mask="normalized"):
+                 part_weights=(1.0, 1.0, 1.0), mask="normalized", per_sample_grads=False):
         super().__init__()
         check_attention(attention)
         self.part_weights, self.mask = _check_knobs(part_weights, mask)
@@ -88,7 +90,7 @@ class SharpenFocus(SupervisedWrapper):
                                  normalize=normalize, mask_grad=mask_grad)
         self._head, self._head_name, self._head_required = self._find_head(head)
         io = (self._head_name,) if self._head is not None else ()
-        self._tap = LayerTap(model, (inner_layer, last_layer), io)
+        self._tap = LayerTap(model, (inner_layer, last_layer), io, per_sample=per_sample_grads)
         self._head_checked: set = set()
         self.head_status = "autograd (no head)" if self._head is None else "unchecked"
 

@@ -236,7 +236,7 @@ def test_ggam_matches_eager_composition(target):
     beta = g.mean(dim=(2, 3))
     assert_close(step.gradcam_weights, beta, what="Grad-CAM weights")
     m = gg.attention
-    s = torch.sigmoid(m.fc2(torch.relu(m.fc1(a.mean(dim=(2, 3))))))
+    s = torch.softmax(m.fc2(torch.relu(m.fc1(a.mean(dim=(2, 3))))), 1)  # Eq. 1
     assert_close(step.channel_weights, s, what="S")
     loss = nnf.cross_entropy(logits, y) + 0.5 * reference.ggam_loss(s, beta.detach()).mean()
     assert_close(step.loss, loss, what="loss")

@@ -112,8 +112,17 @@ def imagefolder(root, image_size=224, **_):
     for s in ("train", "val"):
         if not (base / s).is_dir():
             raise FileNotFoundError(f"imagefolder: {base / s} is missing")
-    tr, te = (tv.datasets.ImageFolder(str(base / s)) for s in ("train", "val"))
-    return _file_data("imagefolder", tv, tr.samples, te.samples, tr.classes, image_size)
+    tr = tv.datasets.ImageFolder(str(base / "train"))
+    # val/ is labelled by train/'s class indices: ImageFolder on val/ alone would renumber its
+    # classes whenever val/ lacks one of them
+    unknown = sorted(set(tv.datasets.folder.find_classes(str(base / "val"))[0]) - set(tr.classes))
+    if unknown:
+        raise ValueError(f"imagefolder: {base / 'val'} has classes that {base / 'train'} lacks: "
+                         f"{', '.join(unknown[:10])}")
+    te = tv.datasets.folder.make_dataset(str(base / "val"), tr.class_to_idx,
+                                         extensions=tv.datasets.folder.IMG_EXTENSIONS,
+                                         allow_empty=True)
+    return _file_data("imagefolder", tv, tr.samples, te, tr.classes, image_size)
 
 
 def caltech256(root, image_size=224, per_class=30, seed=0, **_):
