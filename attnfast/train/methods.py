@@ -34,11 +34,12 @@ def build(cfg, method, data, dst):
                              "torch.compile does not support (double backward)")
         model.compile(backend=cfg["compile_backend"])
     sf_kw = dict(head=head, attention=cfg["attention"], multilabel=data.multilabel)
+    exact = dict(per_sample_grads=bool(cfg["per_sample_grads"]))
     if method == "sharpen-focus":
         net = SharpenFocus(model, inner, last, second_order=cfg["order"] == "second",
                            weight=method_weight(cfg, method), mask=cfg["mask"],
                            part_weights=(cfg["inner_weight"], cfg["last_weight"],
-                                         cfg["consistency_weight"]), **sf_kw)
+                                         cfg["consistency_weight"]), **exact, **sf_kw)
     elif method == "ggam":
         layer = cfg.get("ggam_layer") or last
         channels = getattr(model, "stage_channels", {}).get(layer)
@@ -47,7 +48,8 @@ def build(cfg, method, data, dst):
                              f"attnfast.train.models ({models.available()})")
         net = GGAM(model, layer, channels=channels, reduction=cfg["reduction"],
                    weight=method_weight(cfg, method),
-                   target=cfg["ggam_target"], multilabel=data.multilabel)
+                   target=cfg["ggam_target"], multilabel=data.multilabel,
+                   guide=cfg["ggam_guide"], **exact)
         net.to(dst.device)
     else:
         net = Baseline(model, multilabel=data.multilabel)

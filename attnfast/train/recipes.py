@@ -50,7 +50,8 @@ DEFAULTS = dict(schedule="cosine", milestones=(), warmup_epochs=0.0, momentum=0.
                 weight_decay=5e-4, image_size=None, attention="pixel", weight=None, head="auto",
                 reduction=16, ggam_target="predicted", seed=0, seeds=1, data_seed=0,
                 eval_split="test", eval_every=1, workers=None, pictures=6, shortcut=None,
-                per_class=30, compile_backend="inductor", device="auto", ramp_epochs=0.0)
+                per_class=30, compile_backend="inductor", device="auto", ramp_epochs=0.0,
+                ggam_guide="paper", per_sample_grads=False)
 # Sharpen Focus as the paper writes Eq. 9 (a recipe's ``sf`` dict overrides these, the command
 # line overrides both): weight of the attention term, the weights of its three parts, second
 # order, the max-normalized mask of docs/SPEC.md decision 1, the model's default layers.
@@ -111,6 +112,12 @@ def parse_args(argv=None):
     a("--ggam-layer", help="layer after which GGAM's module sits (default: the last stage)")
     a("--reduction", type=int, help="GGAM SE reduction")
     a("--ggam-target", choices=("predicted", "label"))
+    a("--ggam-guide", choices=("paper", "standardized"),
+      help="GGAM's guide T: the paper's normalized sigmoid(beta) or beta standardized per map "
+           "(docs/GGAM_AND_CAPTURE.md)")
+    a("--per-sample-grads", action="store_true", default=None,
+      help="sharpen-focus / ggam: exact per-sample attention gradients in train mode (BatchNorm "
+           "statistics held fixed in the class-score gradient pass; attnfast.capture)")
     a("--amp", choices=("bf16", "fp16"), help="autocast dtype (fp16 adds a grad scaler)")
     a("--channels-last", action="store_true")
     a("--compile", action="store_true", help="torch.compile the model")
