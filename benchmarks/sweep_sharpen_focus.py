@@ -18,6 +18,12 @@ least harm).
     python benchmarks/sweep_sharpen_focus.py --stage grid --jobs 2 --threads 1
     python benchmarks/sweep_sharpen_focus.py --stage around --base "--weight 0.3"
     python benchmarks/sweep_sharpen_focus.py --stage reeval
+    python benchmarks/sweep_sharpen_focus.py --stage ggam --out runs/sweep_ggam
+    python benchmarks/sweep_sharpen_focus.py --stage capture --base "--weight 0.1" \
+        --out runs/sweep_capture
+
+(The ggam and capture stages go to their own folders, with the grid's ``baseline`` (and for
+capture its ``w0.1``) linked in, so that each table's rule compares like with like.)
 """
 from __future__ import annotations
 
@@ -44,7 +50,11 @@ PAPER = ["--weight", "1", "--inner-weight", "1", "--last-weight", "1", "--consis
 
 
 def stages(base):
-    """name -> trainer options, per stage; ``base``: the options of the best grid point."""
+    """name -> trainer options (with ``--method``), per stage; ``base``: the options of the grid's
+    best point. The Sharpen Focus stages start from ``PAPER``; ``ggam``: GGAM's loss weight (the
+    paper uses 1 to 9) x its guide; ``capture``: the chosen Sharpen Focus settings with exact
+    per-sample gradients (compare with that configuration's row of the grid)."""
+    sf = ["--method", "sharpen-focus", *PAPER]
     grid = {f"w{w}{'' if c else '-noLac'}": ["--weight", w, "--consistency-weight", "1" if c
                                               else "0"]
             for w in ("1", "0.3", "0.1") for c in (True, False)}
@@ -55,8 +65,13 @@ def stages(base):
               "last-only": ["--inner-weight", "0", "--consistency-weight", "0"],
               "inner-layer1": ["--inner-layer", "layer1"]}
     ablation = {"raw-mask": ["--mask", "raw"]}
-    return {"grid": grid, "around": {k: base + v for k, v in around.items()},
-            "ablation": ablation}
+    ggam = {f"w{w}-{g}": ["--method", "ggam", "--weight", w, "--ggam-guide", g]
+            for w in ("0.1", "1", "3") for g in ("paper", "standardized")}
+    return {"grid": {k: sf + v for k, v in grid.items()},
+            "around": {k: sf + base + v for k, v in around.items()},
+            "ablation": {k: sf + v for k, v in ablation.items()},
+            "ggam": ggam,
+            "capture": {"per-sample": sf + base + ["--per-sample-grads"]}}
 
 
 def run_one(name, opts, args):
@@ -172,7 +187,8 @@ def reeval(out, kinds=("channel", "gradcam")):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", choices=("grid", "around", "ablation", "reeval", "table"),
+    p.add_argument("--stage", choices=("grid", "around", "ablation", "ggam", "capture", "reeval",
+                                       "table"),
                    default="grid")
     p.add_argument("--base", default="", help="options of the grid's best point (stage around)")
     p.add_argument("--seeds", type=int, default=3)
@@ -184,8 +200,7 @@ def main(argv=None):
     if args.stage == "reeval":
         reeval(args.out)
     elif args.stage != "table":
-        todo = {("" if args.stage == "grid" else f"{args.stage}-") + k:
-                ["--method", "sharpen-focus", *PAPER, *v]
+        todo = {("" if args.stage == "grid" else f"{args.stage}-") + k: v
                 for k, v in stages(shlex.split(args.base))[args.stage].items()}
         todo = {"baseline": ["--method", "baseline"], **todo}
     with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
