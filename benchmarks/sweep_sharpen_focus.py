@@ -67,6 +67,7 @@ def stages(base):
     ablation = {"raw-mask": ["--mask", "raw"]}
     ggam = {f"w{w}-{g}": ["--method", "ggam", "--weight", w, "--ggam-guide", g]
             for w in ("0.1", "1", "3") for g in ("paper", "standardized")}
+    ggam["w0"] = ["--method", "ggam", "--weight", "0"]  # the module alone, no attention loss
     return {"grid": {k: sf + v for k, v in grid.items()},
             "around": {k: sf + base + v for k, v in around.items()},
             "ablation": {k: sf + v for k, v in ablation.items()},
