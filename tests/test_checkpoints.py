@@ -8,7 +8,6 @@ import math
 import shutil
 import struct
 import subprocess
-import sys
 import zipfile
 
 import pytest
@@ -216,7 +215,7 @@ def test_resume_override_needs_resume():
 # ----------------------------------------------------------------------------- temp files
 
 def _dead_pid():
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p = subprocess.Popen(["true"])
     p.wait()
     return p.pid
 
