@@ -3,6 +3,7 @@ included) and the C++/CUDA sources; torch as a declared dependency that the inst
 satisfies (so `pip install --no-build-isolation` keeps it); and a notice, said once before the
 first compile, when the extension was not built at install."""
 import configparser
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -14,16 +15,24 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tracked(prefix):
-    out = subprocess.run(["git", "ls-files", prefix], cwd=ROOT, capture_output=True, text=True)
+def _tracked(prefix=""):
+    """The checkout's files (tracked, or new and not ignored) under ``prefix``."""
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "--", prefix or "."],
+                         cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         pytest.skip("not a git checkout: the tracked files are unknown")
-    return set(out.stdout.split())
+    return {p for p in out.stdout.split() if (ROOT / p).is_file()}
 
 
 def test_sdist_carries_the_tests_and_the_sources(tmp_path):
+    """Built from a clean copy of the checkout: an existing attnfast.egg-info/SOURCES.txt would
+    add the files it lists to the sdist whatever MANIFEST.in says."""
+    src = tmp_path / "src"
+    for p in _tracked():
+        (src / p).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / p, src / p)
     r = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+                       cwd=src, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     archive, = tmp_path.glob("attnfast-*.tar.gz")
     with tarfile.open(archive) as t:
