@@ -17,12 +17,12 @@ from attnfast.train.distributed import Dist
 from attnfast.train.localize import energy_in_box, pointing_in_box
 from attnfast.train.metrics import evaluate
 
-TINY = ["--data", "synthetic", "--train-size", "32", "--test-size", "16", "--image-size", "16",
-        "--model", "resnet8", "--batch-size", "8", "--pictures", "0", "--no-progress",
-        "--seeds", "1", "--method", "baseline"]
-LOCATED = ["--data", "located-digits", "--image-size", "32", "--train-size", "48",
-           "--test-size", "24", "--model", "resnet8", "--batch-size", "16", "--pictures", "0",
-           "--no-progress", "--seeds", "1", "--epochs", "1"]
+from test_train import LOCATED as LOCATED_DATA
+from test_train import TINY as TRAIN_TINY
+
+# the trainer tests' tiny run (later options win): batch 8, one method
+TINY = [*TRAIN_TINY, "--batch-size", "8", "--method", "baseline"]
+LOCATED = [*TRAIN_TINY, *LOCATED_DATA]
 
 
 @pytest.fixture(autouse=True)
