@@ -3,6 +3,7 @@ with `torch.version.cuda` and nvcc present the CUDA kernels are compiled into it
 (no GPU needed; `TORCH_CUDA_ARCH_LIST` defaults to "8.0;9.0+PTX"). Without torch at build time
 the package installs pure-Python and `attnfast._build` compiles the extension on first use."""
 import os
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -15,8 +16,11 @@ def extensions():
         from torch.utils import cpp_extension as ce
         import torch
     except ImportError:
+        print("attnfast: torch is not importable in this build environment, so the C++ extension "
+              "is not built now; it compiles on first use instead (about 5 minutes, once). To "
+              "build it here: `pip install torch` first, then `pip install "
+              "--no-build-isolation ...`.", file=sys.stderr)
         return [], {}
-    import sys
     sys.path.insert(0, str(ROOT / "attnfast"))
     from _sources import LDFLAGS, flags, sources  # noqa: E402  (plain module, no torch import side effects)
     sys.path.pop(0)

@@ -1,6 +1,7 @@
 """Load the compiled extension: the one built at install (``attnfast._C``), else compile it now
 with ``torch.utils.cpp_extension.load`` (cached under ``$ATTNFAST_BUILD_DIR`` or
-``~/.cache/attnfast``), saying so on one line while it compiles.
+``~/.cache/attnfast``), saying so once, before the first compile, with how long it takes and
+how to build it at install instead (:data:`NOT_BUILT`).
 
 Loading registers the CPU kernels of the ``attnfast::*`` ops, and their CUDA kernels when the
 extension was built with CUDA; the schemas themselves are defined here from ``attnfast._schema``
@@ -15,6 +16,15 @@ from pathlib import Path
 import torch
 
 _state: dict = {}
+
+# Said once, before the first compile of an install that lacks the extension (typically pip's
+# default build isolation, whose build environment has no torch).
+NOT_BUILT = (
+    "attnfast: the {kind} extension was not built at install (pip's default build isolation "
+    "hides torch from the build); compiling it now into {build}, once: about 5 minutes{longer}. "
+    "To build it at install instead: `pip install torch` first, then `pip install "
+    "--no-build-isolation attnfast` (in a checkout: `pip install --no-build-isolation -e .` or "
+    "`make install`). ATTNFAST_NO_EXTENSION=1 skips it (eager reference backend).")
 
 
 def _csrc() -> Path:
@@ -37,8 +47,10 @@ def _jit():
     build = Path(os.environ.get("ATTNFAST_BUILD_DIR", Path.home() / ".cache" / "attnfast"))
     build = build / f"torch{torch.__version__}".replace("+", "_")
     build.mkdir(parents=True, exist_ok=True)
-    print(f"attnfast: compiling the C++{'/CUDA' if with_cuda else ''} extension into {build} "
-          "(first use only) ...", file=sys.stderr, flush=True)
+    if not (build / "attnfast_C.so").is_file():  # compiled before: loading it takes seconds
+        print(NOT_BUILT.format(kind="C++/CUDA" if with_cuda else "C++", build=build,
+                               longer=", longer with CUDA" if with_cuda else ""),
+              file=sys.stderr, flush=True)
     f = flags(with_cuda)
     ce.load("attnfast_C", sources(csrc, with_cuda), extra_cflags=f["cxx"],
             extra_cuda_cflags=f.get("nvcc"), extra_ldflags=LDFLAGS,

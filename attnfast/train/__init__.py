@@ -14,12 +14,16 @@ With ``--seeds N`` seed s runs in ``<out>/seed<s>/``; ``<out>/summary.json`` and
 (sources that have one), for choosing settings without looking at test.
 
 Per run (``<out>/<method>/``): ``metrics.json`` and ``metrics.csv`` (one row per epoch),
-``checkpoint.pt`` (written atomically every epoch: temp file + rename; loaded with
-``weights_only=True``; ``--resume`` continues exactly: weights, optimizer, scheduler, grad scaler,
-RNG states, epoch) and ``attention.png`` (top-5 class maps of evaluation images, object boxes
+``checkpoint.pt`` (written atomically every epoch: temp file + rename, stale temp files of killed
+writers removed on the next start; checked against its zip CRCs and loaded with
+``weights_only=True``, a damaged, truncated or empty one refused by name; ``--resume`` continues
+exactly: weights, optimizer, scheduler, grad scaler, RNG states, epoch; it refuses a checkpoint
+written with other settings, listing them, unless ``--resume-override`` asks to continue with the
+new ones, the LR schedule recomputed for them) and ``attention.png`` (top-5 class maps of evaluation images, object boxes
 outlined where known); with several methods
 ``<out>/comparison.png`` puts them side by side. A non-finite loss stops training with a message
-and leaves the last good checkpoint in place. Under ``torchrun`` the run is data-parallel
+and leaves the last good checkpoint in place. Before any training every output folder is checked
+to be writable (and, with ``--resume``, every checkpoint sound and of the same settings). Under ``torchrun`` the run is data-parallel
 (DistributedSampler; gloo on CPU, nccl on GPU); ``--batch-size`` is the global batch; each
 process evaluates a shard (boxes travel inside the samples) with rank 0's BatchNorm statistics.
 

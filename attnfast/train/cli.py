@@ -7,11 +7,13 @@ With ``--seeds N`` (N > 1) seed s runs in ``<out>/seed<s>/<method>/``; with one 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from . import checkpoints
 from . import data as data_mod
 from .distributed import Dist
 from .loop import NonFiniteLoss, run
@@ -31,6 +33,34 @@ def load_data(cfg):
     return data
 
 
+def seed_out(cfg, seed):
+    """The output folder of ``seed``: ``<out>`` with one seed, ``<out>/seed<s>`` with several."""
+    return Path(cfg["out"]) / f"seed{seed}" if cfg["seeds"] > 1 else Path(cfg["out"])
+
+
+def run_dirs(cfg):
+    """[(seed, folder, method)]: the folder of every method's run for every seed."""
+    return [(s, seed_out(cfg, s) / m, m) for s in range(cfg["seed"], cfg["seed"] + cfg["seeds"])
+            for m in cfg["methods"]]
+
+
+def preflight(cfg):
+    """Before any training: every output folder can be created and written (a file is
+    written and removed in each), and with --resume every checkpoint there is sound and of
+    the same settings (:func:`checkpoints.check`). Raises SystemExit naming the path."""
+    for seed, folder, method in run_dirs(cfg):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise SystemExit(f"--out {cfg['out']}: cannot write into {folder} "
+                             f"({type(e).__name__}: {e.strerror or e})") from None
+        ckpt = folder / "checkpoint.pt"
+        if cfg.get("resume") and ckpt.is_file():
+            checkpoints.check(ckpt, method, dict(cfg, seed=seed), "cpu")
+
+
 def main(argv=None):
     """Train and compare the methods of the command line ``argv``; returns the exit status
     (1 when a loss became non-finite)."""
@@ -38,6 +68,7 @@ def main(argv=None):
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
     dst = Dist(cfg["device"])
+    preflight(cfg)
     log = print if dst.main else (lambda *a, **k: None)
     t0 = time.perf_counter()
     data = load_data(cfg)
@@ -50,8 +81,7 @@ def main(argv=None):
         f"{', '.join(map(str, seeds))}; metrics on the {cfg['eval_split']} split")
     runs, written = [], []
     for seed in seeds:
-        scfg = dict(cfg, seed=seed, out=str(Path(cfg["out"]) / f"seed{seed}")
-                    if len(seeds) > 1 else cfg["out"])
+        scfg = dict(cfg, seed=seed, out=str(seed_out(cfg, seed)))
         results = []
         try:
             for method in cfg["methods"]:

@@ -15,6 +15,14 @@ class Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
         want_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
+        if want_cuda and not torch.cuda.is_available():
+            why = (f"this PyTorch ({torch.__version__}) is built without CUDA"
+                   if torch.version.cuda is None else "no CUDA device is visible")
+            raise SystemExit(f"--device cuda: {why}; use --device cpu (or auto), or install a "
+                             "CUDA build of PyTorch on a machine with a GPU")
+        if want_cuda and local >= torch.cuda.device_count():
+            raise SystemExit(f"--device cuda: LOCAL_RANK {local} but only "
+                             f"{torch.cuda.device_count()} CUDA device(s) are visible")
         self.device = torch.device(f"cuda:{local}" if want_cuda else "cpu")
         if want_cuda:
             torch.cuda.set_device(self.device)

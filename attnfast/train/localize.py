@@ -13,8 +13,8 @@ positive part A+ = max(A, 0) counts. A box is (y0, x0, y1, x1) in image pixels, 
   them inside the box (so a tie is never decided by scan order).
 
 An all-zero map carries no location: it counts as the uniform map, whose two scores are both the
-box's share of the image (chance level). Per image the scores lie in [0, 1]; the trainer reports
-their means.
+box's share of the image (chance level). A map with a NaN scores NaN (no made-up value). Per
+image the scores lie in [0, 1]; the trainer reports their means.
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def energy_in_box(maps, inside):
     m = inside.flatten(1)
     total = a.sum(1)
     share = m.double().mean(1)
-    return torch.where(total > 0, (a * m).sum(1) / total.clamp_min(1e-300), share).float()
+    # total == 0 (not "total > 0 else"): a NaN map keeps its NaN instead of scoring chance
+    return torch.where(total == 0, share, (a * m).sum(1) / total.clamp_min(1e-300)).float()
 
 
 def pointing_in_box(maps, inside):

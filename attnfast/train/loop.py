@@ -136,8 +136,16 @@ def run(cfg, method, data, dst, log):
     states = {"net": raw, "optimizer": opt, "scheduler": sched, "scaler": scaler}
     ctx = autocast_ctx(cfg, dst.device)
     history, start = [], 0
+    if dst.main:
+        for p in checkpoints.remove_stale_temps(run_dir):
+            log(f"[{method}] removed {p}, left by an interrupted write")
     if cfg.get("resume") and ckpt_path.is_file():
-        history, start = checkpoints.resume(ckpt_path, method, cfg, states, dst.rank, dst.device)
+        history, start, diff = checkpoints.resume(ckpt_path, method, cfg, states, dst.rank,
+                                                  dst.device)
+        if diff:
+            checkpoints.apply_settings(cfg, opt, sched, start, len(loader))
+            log(f"[{method}] --resume-override: " + ", ".join(
+                f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()))
         log(f"[{method}] resumed from {ckpt_path} at epoch {start}")
     elif cfg.get("resume"):
         log(f"[{method}] --resume: no checkpoint at {ckpt_path}, starting fresh")

@@ -46,7 +46,8 @@ def evaluate(probe, loader, data, ctx, dst):
     for multi-label), the means of the Sharpen Focus parts measured by ``probe`` (``inner_iou``,
     ``last_iou``: masked soft-IoU target vs confuser; ``consistency``: L_ac) and, when the data
     carries boxes, the localization of :mod:`.localize` at both layers: ``{layer}_energy`` and
-    ``{layer}_pointing`` of the target map, ``{layer}_confuser_energy`` of the confuser map."""
+    ``{layer}_pointing`` of the target map, ``{layer}_confuser_energy`` of the confuser map.
+    Every metric is NaN when an image's logits or maps hold a NaN (NaN in, NaN out)."""
     model = probe.model
     was = model.training
     model.eval()
@@ -66,9 +67,10 @@ def evaluate(probe, loader, data, ctx, dst):
                 kept.append((logits.cpu(), y.cpu()))
             else:
                 top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-                hit = top == y[:, None]
-                sums["top1"] += hit[:, 0].sum().item()
-                sums["top5"] += hit.any(1).sum().item()
+                hit = (top == y[:, None]).double()
+                nan = logits.isnan().any(1)  # no prediction: the image's hits are NaN
+                sums["top1"] += hit[:, 0].masked_fill(nan, float("nan")).sum().item()
+                sums["top5"] += hit.amax(1).masked_fill(nan, float("nan")).sum().item()
             sums["n"] += len(x)
             for k, p in zip(("inner_iou", "last_iou", "consistency"), parts[1:]):
                 sums[k] += p.double().sum().item()

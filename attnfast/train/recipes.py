@@ -124,7 +124,8 @@ def parse_args(argv=None):
     a("--channels-last", action="store_true")
     a("--compile", action="store_true", help="torch.compile the model")
     a("--compile-backend", help="torch.compile backend")
-    a("--device", help="auto | cpu | cuda")
+    a("--device", choices=("auto", "cpu", "cuda"),
+      help="auto: cuda when available (under torchrun: cuda:LOCAL_RANK)")
     a("--workers", type=int, help="DataLoader worker processes (default: 0 for in-memory "
                                   "sources, else up to 8)")
     a("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -136,7 +137,11 @@ def parse_args(argv=None):
                                                     "(val: for choosing settings)")
     a("--eval-every", type=int, help="evaluate every N epochs (0: after the last epoch only)")
     a("--out", help="output folder (default runs/<data>)")
-    a("--resume", action="store_true", help="continue from <out>/<method>/checkpoint.pt")
+    a("--resume", action="store_true", help="continue from <out>/<method>/checkpoint.pt "
+                                            "(refused when its settings differ from these)")
+    a("--resume-override", action="store_true",
+      help="with --resume: continue with this command line's settings where they differ from "
+           "the checkpoint's (the LR schedule is recomputed for them)")
     a("--stop-after", type=int, help="stop after this many epochs in this invocation "
                                      "(a planned interruption; resume later with --resume)")
     a("--pictures", type=int, help="test images in the attention pictures (0: none)")
@@ -167,6 +172,8 @@ def configure(args) -> dict:
     cfg["methods"] = methods
     cfg["out"] = cfg.get("out") or f"runs/{cfg['data']}"
     cfg["milestones"] = tuple(cfg["milestones"])
+    if cfg["resume_override"] and not cfg["resume"]:
+        raise SystemExit("--resume-override goes with --resume")
     if cfg["seeds"] < 1:
         raise SystemExit(f"--seeds must be at least 1, got {cfg['seeds']}")
     return cfg
