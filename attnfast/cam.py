@@ -208,6 +208,12 @@ class CAM:
         """For each of ``feats``: the T per-class gradients (a sequence of N x K x h x w)."""
         if not feats:
             return []
+        for name, f in zip(self.layers, feats):
+            if not f.requires_grad:
+                raise ValueError(f"the output of a target layer does not require grad (no "
+                                 "parameter or input before it does): no class-score gradient "
+                                 "can be taken there; unfreeze it or pass images that require "
+                                 "grad")
         t = classes.shape[1]
         onehot = torch.zeros((t, *logits.shape), dtype=logits.dtype, device=logits.device)
         onehot.scatter_(2, classes.t()[:, :, None], 1.0)
