@@ -160,7 +160,7 @@ class CAM:
             if rest and not graph:
                 self.analytic_layers = list(weights)
                 return self._raw_maps(images, targets, topk)
-            grads = dict(zip(rest, self._grads(logits, classes, [feats[n] for n in rest])))
+            grads = dict(zip(rest, self._grads(logits, classes, {n: feats[n] for n in rest})))
         self.analytic_layers = list(weights)
         raw = {}
         for name in self.layers:
@@ -205,15 +205,16 @@ class CAM:
         return out
 
     def _grads(self, logits, classes, feats):
-        """For each of ``feats``: the T per-class gradients (a sequence of N x K x h x w)."""
+        """For each of ``feats`` (name -> features): the T per-class gradients (a sequence of
+        N x K x h x w)."""
         if not feats:
             return []
-        for name, f in zip(self.layers, feats):
+        for name, f in feats.items():
             if not f.requires_grad:
-                raise ValueError(f"the output of a target layer does not require grad (no "
-                                 "parameter or input before it does): no class-score gradient "
-                                 "can be taken there; unfreeze it or pass images that require "
-                                 "grad")
+                raise ValueError(f"the output of {name!r} does not require grad (no parameter "
+                                 "or input before it does): no class-score gradient can be "
+                                 "taken there; unfreeze it or pass images that require grad")
+        feats = list(feats.values())
         t = classes.shape[1]
         onehot = torch.zeros((t, *logits.shape), dtype=logits.dtype, device=logits.device)
         onehot.scatter_(2, classes.t()[:, :, None], 1.0)
