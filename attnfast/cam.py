@@ -118,7 +118,11 @@ class CAM:
         that class for every image; N indices; or N x T indices, several per image)."""
         if targets is not None and topk is not None:
             raise ValueError("give targets or topk, not both")
-        logits, classes, raw = self._raw_maps(images, targets, 1 if topk is None else topk)
+        with torch.set_grad_enabled(self.create_graph):   # maps record a graph only if asked
+            return self._maps(images, *self._raw_maps(images, targets,
+                                                      1 if topk is None else topk))
+
+    def _maps(self, images, logits, classes, raw):
         size = tuple(images.shape[-2:]) if self.size == "input" else self.size
         layer_maps = {name: self._finish(m, size) for name, m in raw.items()}
         maps = next(iter(layer_maps.values()))
@@ -162,17 +166,19 @@ class CAM:
                 return self._raw_maps(images, targets, topk)
             grads = dict(zip(rest, self._grads(logits, classes, {n: feats[n] for n in rest})))
         self.analytic_layers = list(weights)
-        raw = {}
-        for name in self.layers:
-            f = feats[name]
-            if name in weights:
-                per_class = [ops.weighted_attention(f, weights[name][:, t])
-                             for t in range(classes.shape[1])]
-            else:
-                per_class = [self._map(f, g) for g in grads[name]]
-            raw[name] = torch.stack(per_class, 1) if per_class else f.new_zeros(
-                (f.shape[0], 0, *f.shape[-2:]), dtype=torch.float32)
+        raw = {name: self._layer_maps(feats[name], weights.get(name), grads.get(name),
+                                      classes.shape[1]) for name in self.layers}
         return logits, classes, raw
+
+    def _layer_maps(self, f, weights, grads, t):
+        """N x T x h x w raw maps of one layer: from N x T x K analytic ``weights`` or from the
+        T gradients ``grads``."""
+        if weights is not None:
+            per_class = [ops.weighted_attention(f, weights[:, i]) for i in range(t)]
+        else:
+            per_class = [self._map(f, g) for g in grads]
+        return torch.stack(per_class, 1) if per_class else f.new_zeros(
+            (f.shape[0], 0, *f.shape[-2:]), dtype=torch.float32)
 
     def _map(self, f, g):
         """One class's raw map of ``self.kind`` from features and their N x K x h x w gradient."""
