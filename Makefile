@@ -11,6 +11,7 @@ install:
 	# torch first, from the local CPU wheel / the index (never inside a build environment)
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) torch==2.13.0
 	$(PIP) triton scikit-learn matplotlib tqdm ninja pytest pytest-benchmark
+	$(PIP) --no-deps captum  # tests/test_cam.py compares with LayerGradCam (deps: above + torch)
 	$(PIP) --no-build-isolation -e .
 
 train: install

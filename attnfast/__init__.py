@@ -12,6 +12,15 @@ from .sharpen_focus import SharpenFocus
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    """``attnfast.cam`` (class activation maps) is imported on first use."""
+    if name == "cam":
+        import importlib
+        return importlib.import_module(".cam", __name__)
+    raise AttributeError(f"module 'attnfast' has no attribute {name!r}")
+
+
 __all__ = [
     "available_backends", "get_backend", "set_backend", "use_backend", *ops.__all__,
     "SharpenFocus", "GGAM",

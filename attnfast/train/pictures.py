@@ -59,8 +59,8 @@ def _true_names(target, class_names):
 def attention_figure(path, images, targets, class_names, panels, title=None, boxes=None):
     """Write a PNG: one row per image; the image, then for each panel (name -> TopMaps) its k maps.
 
-    ``images``: N x C x H x W in [0, 1]; ``targets``: N indices or N x C multi-hot. True classes
-    get a green frame and title. ``boxes``: N x 4 object boxes (y0, x0, y1, x1), half-open,
+    ``images``: N x C x H x W in [0, 1]; ``targets``: N indices or N x C multi-hot (or None). True
+    classes get a green frame and title. ``boxes``: N x 4 object boxes (y0, x0, y1, x1), half-open,
     outlined in white on the image and on every map. Returns the path written.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -73,7 +73,8 @@ def attention_figure(path, images, targets, class_names, panels, title=None, box
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
                                    edgecolor="white", linewidth=1))
 
-    images, targets = images.detach().float().cpu(), targets.detach().cpu()
+    images = images.detach().float().cpu()
+    targets = None if targets is None else targets.detach().cpu()
     n, _, h, w = images.shape
     grey = images.mean(1)
     ks = [tm.classes.shape[1] for tm in panels.values()]
@@ -84,7 +85,8 @@ def attention_figure(path, images, targets, class_names, panels, title=None, box
     for r in range(n):
         ax = axes[r][0]
         ax.imshow(images[r].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"true: {_true_names(targets[r], class_names)}", fontsize=7)
+        if targets is not None:
+            ax.set_title(f"true: {_true_names(targets[r], class_names)}", fontsize=7)
         outline(ax, r)
         col = 1
         for name, tm in panels.items():
@@ -97,7 +99,7 @@ def attention_figure(path, images, targets, class_names, panels, title=None, box
                 ax.imshow(grey[r].numpy(), cmap="gray", vmin=0, vmax=1)
                 ax.imshow(up[j].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
                 outline(ax, r)
-                hit = _is_true(targets[r], c)
+                hit = targets is not None and _is_true(targets[r], c)
                 ax.set_title(f"{class_names[c]} {float(tm.probs[r, j]):.2f}", fontsize=7,
                              color="green" if hit else "black", fontweight="bold" if hit else None)
                 for spine in ax.spines.values():
