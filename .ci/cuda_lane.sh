@@ -48,6 +48,7 @@ if [ ! -f "$VENV/.attnfast-ci-complete" ]; then
   stamp "venv created"
 fi
 PY=$VENV/bin/python
+export PATH="$VENV/bin:$PATH"   # ninja, pytest of the venv
 "$PY" -c "import torch, triton; assert torch.version.cuda, 'torch ' + torch.__version__ + ' is not a CUDA build'; print('cuda lane: torch', torch.__version__, 'CUDA', torch.version.cuda, 'triton', triton.__version__, 'GPU available:', torch.cuda.is_available())"
 
 # 2. the build: the working tree (tracked and untracked, not ignored) mirrored into $SRC, only
@@ -55,10 +56,11 @@ PY=$VENV/bin/python
 #    untouched. pip builds in $SRC (build/temp.*: ninja's objects stay between runs).
 [ "${ATTNFAST_CI_CLEAN_BUILD:-0}" = 1 ] && rm -rf "$SRC"
 mkdir -p "$SRC"
-(cd "$repo" && git ls-files -z -co --exclude-standard) | "$PY" - "$repo" "$SRC" <<'PY'
+(cd "$repo" && git ls-files -z -co --exclude-standard) >"$SRC.files"
+"$PY" - "$repo" "$SRC" "$SRC.files" <<'PY'
 import os, shutil, sys
-src, dst = sys.argv[1], sys.argv[2]
-want = {f for f in sys.stdin.read().split("\0") if f and os.path.isfile(os.path.join(src, f))}
+src, dst, listing = sys.argv[1:]
+want = {f for f in open(listing).read().split("\0") if f and os.path.isfile(os.path.join(src, f))}
 for f in want:
     a, b = os.path.join(src, f), os.path.join(dst, f)
     if os.path.isfile(b) and open(a, "rb").read() == open(b, "rb").read():
