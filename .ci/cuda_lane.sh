@@ -49,6 +49,7 @@ if [ ! -f "$VENV/.attnfast-ci-complete" ]; then
 fi
 PY=$VENV/bin/python
 export PATH="$VENV/bin:$PATH"   # ninja, pytest of the venv
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$CACHE/triton-$KEY}   # the AOT test's cubins
 "$PY" -c "import torch, triton; assert torch.version.cuda, 'torch ' + torch.__version__ + ' is not a CUDA build'; print('cuda lane: torch', torch.__version__, 'CUDA', torch.version.cuda, 'triton', triton.__version__, 'GPU available:', torch.cuda.is_available())"
 
 # 2. the build: the working tree (tracked and untracked, not ignored) mirrored into $SRC, only
