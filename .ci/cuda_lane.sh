@@ -97,6 +97,6 @@ PY
 # 4. the tests, from this empty directory so that `import attnfast` is the installed build.
 #    test_cuda_build must pass (cuda-build in ATTNFAST_REQUIRE turns its skips into failures).
 ATTNFAST_REQUIRE=cpu,triton,cuda-build ATTNFAST_CUDA_ARCHS=$ARCHS \
-  "$PY" -m pytest "$repo/tests" -q -ra -p no:cacheprovider --rootdir "$repo" \
+  "$PY" -m pytest "$repo/tests" -q -ra --durations=15 -p no:cacheprovider --rootdir "$repo" \
   ${ATTNFAST_CI_PYTEST_ARGS:-}
 stamp "tests passed"
