@@ -8,7 +8,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-ROOT = Path(__file__).parent
+ROOT = Path(__file__).resolve().parent  # absolute: ninja compiles in build/temp.*
 
 
 def extensions():

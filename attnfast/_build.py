@@ -56,6 +56,7 @@ def _jit():
             extra_cuda_cflags=f.get("nvcc"), extra_ldflags=LDFLAGS,
             extra_include_paths=[str(csrc)],
             build_directory=str(build), with_cuda=with_cuda, is_python_module=False)
+    return str(build / "attnfast_C.so")
 
 
 def _define(ns: str):
@@ -87,9 +88,10 @@ def load() -> bool:
             if os.environ.get("ATTNFAST_NO_EXTENSION"):
                 raise RuntimeError("disabled by ATTNFAST_NO_EXTENSION")
             try:
-                from . import _C  # noqa: F401  built at install
+                from . import _C  # built at install
+                _state["path"] = _C.__file__
             except ImportError:
-                _jit()
+                _state["path"] = _jit()
             from . import _register
             _state["library"] = _define("attnfast")
             _register.register("attnfast", fakes=True)
@@ -107,3 +109,18 @@ def has_cuda_kernels() -> bool:
     """True when the loaded extension carries CUDA kernels."""
     from ._compat import has_kernel
     return load() and has_kernel("attnfast::pixel_attention", "CUDA")
+
+
+def cuda_arch_list() -> list:
+    """The GPU architectures the loaded extension's CUDA code was compiled for, as nvcc saw them
+    (``__CUDA_ARCH_LIST__``, csrc/cuda/arch_list.cu), e.g. ``["sm_80", "sm_90"]``; ``[]`` when
+    it has no CUDA code (or did not load)."""
+    if not load() or not has_cuda_kernels():
+        return []
+    import ctypes
+    lib = ctypes.CDLL(_state["path"])
+    if not hasattr(lib, "attnfast_cuda_arch_list"):
+        return []
+    lib.attnfast_cuda_arch_list.restype = ctypes.c_char_p
+    text = lib.attnfast_cuda_arch_list().decode()
+    return [f"sm_{int(a) // 10}" for a in text.split(",") if a.strip()]

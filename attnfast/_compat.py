@@ -67,3 +67,11 @@ def donated_buffer_disabled():
     import torch._functorch.config as functorch_config
     with functorch_config.patch(donated_buffer=False):
         yield
+
+
+def fake_tensor_mode():
+    """A fresh ``torch._subclasses.fake_tensor.FakeTensorMode``: inside it, factory functions
+    give FakeTensors (metadata only, any device, no memory), e.g. CUDA tensors on a machine
+    without a GPU when torch is a CUDA build (checked: torch 2.13)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    return FakeTensorMode()

@@ -63,7 +63,7 @@ def train_one_epoch(tmp_path, data, root, *extra):
     out = tmp_path / "run"
     argv = ["--data", data, "--data-dir", str(root), "--model", "resnet8", "--epochs", "1",
             "--batch-size", "4", "--image-size", "32", "--out", str(out), "--pictures", "2",
-            "--compare", "--no-progress", *extra]
+            "--compare", "--no-progress", "--seeds", "1", *extra]
     assert main(argv) == 0
     for method in ("baseline", "sharpen-focus"):
         metrics = json.loads((out / method / "metrics.json").read_text())
