@@ -11,7 +11,7 @@ SAN=${SAN:--fsanitize=address}
 OPT=${OPT:--O1}
 mkdir -p "$EMU_DIR/obj"
 pids=()
-for f in csrc/cuda/*.cu "$here/harness.cpp"; do
+for f in csrc/cuda/*.cu "$here/harness.cpp" "$here/runtime_stubs.cpp"; do
   o=$EMU_DIR/obj/$(basename "$f").o
   g++ -std=c++17 $OPT -g $SAN -fPIC -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -DATTNFAST_HOST_EMU -x c++ -Icsrc -I/usr/local/cuda/include -c "$f" -o "$o" &
   pids+=($!)
