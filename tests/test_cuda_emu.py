@@ -68,14 +68,15 @@ def emulated_backend():
         torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
+    with emu_ext.as_backend():
+        yield
     torch.use_deterministic_algorithms(det, warn_only=warn)
     torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 # ----------------------------------------------------------------------------- registration
 def test_every_op_has_an_emulated_kernel():
-    for name, schema in SCHEMAS.items():
+    for name in SCHEMAS:
         assert has_kernel(f"{emu_ext.NAMESPACE}::{name}", "CPU"), f"no emulated kernel: {name}"
 
 

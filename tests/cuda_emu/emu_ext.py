@@ -13,9 +13,9 @@ does nothing) one library from
 
 The file lists come from ``attnfast/_sources.py`` (the real extension's), so a new kernel or glue
 file is picked up. ``load()`` then defines every schema of ``attnfast._schema`` in namespace
-``attnfast_emu``, registers autograd for it and adds the backend ``"cuda_emu"`` to
-``attnfast.backend.BACKENDS`` (CPU tensors, never picked by "auto"), so the public ops run on
-it with ``attnfast.use_backend("cuda_emu")``.
+``attnfast_emu`` and registers autograd and fake kernels for it; within ``as_backend()`` the
+backend ``"cuda_emu"`` is in ``attnfast.backend.BACKENDS`` (CPU tensors, never picked by
+"auto"), so the public ops run on it with ``attnfast.use_backend("cuda_emu")``.
 
 Environment: ``ATTNFAST_EMU_BUILD`` (build directory; default ``.pytest_cache/cuda_emu/<torch>``
 in the repository), ``CUDA_HOME`` (where ``include/cuda_runtime.h`` is; else nvcc's toolkit,
@@ -24,6 +24,7 @@ else /usr/local/cuda), ``MAX_JOBS`` (parallel compiles, default 2), ``EMU_SMS`` 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -124,20 +125,29 @@ def load() -> bool:
     if "ok" in _state:
         return _state["ok"]
     try:
-        import attnfast  # noqa: F401
         from attnfast import _build, _register
-        from attnfast.backend import BACKENDS, Backend
         build()
         _state["library"] = _build._define(NAMESPACE)
         _register.register(NAMESPACE, fakes=True)
-        BACKENDS[BACKEND] = Backend(
-            BACKEND, load=lambda: _state.get("ok", False),
-            namespace=lambda: getattr(torch.ops, NAMESPACE), serves=lambda dev: dev == "cpu",
-            auto=(), float64=False, error=error, how="see tests/cuda_emu/emu_ext.py")
         _state["ok"] = True
     except Exception as exc:  # kept for the test's failure / skip message
         _state["ok"], _state["error"] = False, f"{type(exc).__name__}: {exc}"
     return _state["ok"]
+
+
+@contextlib.contextmanager
+def as_backend():
+    """Within: ``attnfast.use_backend("cuda_emu")`` runs the public ops on the emulated backend
+    (CPU tensors; "auto" never picks it). Needs ``load()`` first."""
+    from attnfast.backend import BACKENDS, Backend
+    BACKENDS[BACKEND] = Backend(
+        BACKEND, load=lambda: _state.get("ok", False),
+        namespace=lambda: getattr(torch.ops, NAMESPACE), serves=lambda dev: dev == "cpu",
+        auto=(), float64=False, error=error, how="see tests/cuda_emu/emu_ext.py")
+    try:
+        yield
+    finally:
+        del BACKENDS[BACKEND]
 
 
 def error() -> str:
