@@ -41,9 +41,10 @@ import emu_ext  # noqa: E402
 B = emu_ext.BACKEND
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 FMTS = ["nchw", "channels_last"]
-# N x K x H x W: odd K and H x W; the 1 x 1 map; several tiles and split passes along P
-# (48 x 48, vector runs in NCHW); split passes along K (K = 512).
-BIG = {"odd": (3, 13, 5, 7), "1x1": (2, 24, 1, 1), "large": (1, 8, 48, 48),
+# N x K x H x W: odd K and H x W; the 1 x 1 map (N = 6, so that some samples' maps are non-zero
+# after the ReLU); several tiles and split passes along P (48 x 48, vector runs in NCHW); split
+# passes along K (K = 512).
+BIG = {"odd": (3, 13, 5, 7), "1x1": (6, 24, 1, 1), "large": (1, 8, 48, 48),
        "wide": (1, 512, 2, 3)}
 MAP = {"odd": (3, 5, 7), "1x1": (1, 1, 1), "large": (2, 56, 56)}
 NK = {"odd": (3, 13), "1x1": (1, 1), "large": (2, 2048)}
