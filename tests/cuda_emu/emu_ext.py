@@ -109,7 +109,8 @@ def build(verbose: bool = False) -> Path:
         lock.unlink()
     start = time.time()
     path = ce.load(NAME, _sources(build),
-                   extra_cflags=["-O1", "-std=c++17", "-DATTNFAST_HOST_EMU", "-Wno-unknown-pragmas"],
+                   extra_cflags=["-O1", "-std=c++17", "-DATTNFAST_HOST_EMU",
+                                 "-Wno-unknown-pragmas"],
                    # stubs first: their c10/cuda/*.h shadow the CUDA build of torch's, if any
                    extra_include_paths=[str(HERE / "stubs"), str(HERE), str(CSRC), str(inc)],
                    # the library's own CUDA runtime stubs, even where torch loaded libcudart
