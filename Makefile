@@ -1,11 +1,17 @@
 # Two commands do all the set-up on a fresh machine:
 #   make train   -- install, then the main job (baseline vs Sharpen Focus on the embedded digits)
 #   make test    -- install, then the whole test suite (CPU: C++ kernels, Triton interpreter,
-#                   nvcc compile check of the CUDA sources when nvcc is present)
+#                   nvcc compile check of the CUDA sources when nvcc is present, and the CUDA
+#                   kernels + glue run on the CPU under the host emulator: tests/test_cuda_emu.py,
+#                   AddressSanitizer on a subset; docs/CUDA_EMULATION.md)
 PYTHON ?= python3
+comma := ,
 PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install train test bench nvcc-check
+.PHONY: install train test bench nvcc-check cuda-emu-asan
+
+# The emulated CUDA tests need the CUDA headers, which come with nvcc: required where nvcc is.
+HAVE_NVCC := $(shell command -v nvcc >/dev/null 2>&1 && echo 1)
 
 install:
 	# torch first, from the local CPU wheel / the index (never inside a build environment)
@@ -24,5 +30,9 @@ nvcc-check:
 	@if command -v nvcc >/dev/null; then bash .ci/nvcc_check.sh; \
 	else echo "nvcc not found: CUDA sources not compile-checked"; fi
 
-test: install nvcc-check
-	ATTNFAST_REQUIRE=cpu,triton $(PYTHON) -m pytest tests -q -ra
+cuda-emu-asan:
+	@if [ -n "$(HAVE_NVCC)" ]; then PYTHON=$(PYTHON) bash tests/cuda_emu/asan_check.sh; \
+	else echo "nvcc not found: no CUDA headers, emulated CUDA kernels not run under ASan"; fi
+
+test: install nvcc-check cuda-emu-asan
+	ATTNFAST_REQUIRE=cpu,triton$(if $(HAVE_NVCC),$(comma)cuda_emu) $(PYTHON) -m pytest tests -q -ra

@@ -1,5 +1,4 @@
 // ctypes entry points for the host-emulated CUDA launchers (test only).
-#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -8,22 +7,7 @@
 using namespace attnfast;
 using namespace attnfast::cuda;
 
-// ---- CUDA runtime stubs
-static int env_int(const char* name, int dflt) {
-  const char* v = std::getenv(name);
-  return v ? std::atoi(v) : dflt;
-}
-extern "C" {
-cudaError_t cudaGetLastError(void) { return cudaSuccess; }
-cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
-cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
-  if (attr == cudaDevAttrMultiProcessorCount) *v = env_int("EMU_SMS", 2);
-  else if (attr == cudaDevAttrMaxSharedMemoryPerBlockOptin) *v = env_int("EMU_SMEM", 232448);
-  else *v = 0;
-  return cudaSuccess;
-}
-cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
-}
+// The CUDA runtime calls: runtime_stubs.cpp.
 
 struct Pool {
   std::vector<std::unique_ptr<float[]>> keep;
