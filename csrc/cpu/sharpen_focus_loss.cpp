@@ -9,8 +9,8 @@
 //   otherwise:           A = ReLU(sum_k w[k] F[k,p])                                ("weights mode")
 //     w = mean_p ReLU(g) (channel) or mean_p g (gradcam) for 4-D g; for N x K g (a gradient
 //     constant over pixels) w = g/K (pixel), ReLU(g) (channel), g (gradcam).
-// Backward: the maps and weights are the forward's saved ones (weights of N x K gradients of the
-// pixel kind are recomputed from them), get dA from sf_backward, e = dA [A > 0], then ONE
+// Backward: the maps and weights are the forward's saved ones (the pixel kind saves no weights:
+// those of its N x K gradients are g/K again), get dA from sf_backward, e = dA [A > 0], then ONE
 // streaming pass over the layer (tile by tile) writing dF and dG of pixel-mode classes:
 //   pixel mode:   dF += (e/K) g,  dg = (e/K) F
 //   weights mode: dF += e w[k],   r[k] = sum_p e F;  then dg[k,p] = r[k]/P * [g > 0 or 1] (4-D,
