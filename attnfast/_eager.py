@@ -7,9 +7,11 @@ order and conventions (small tensors contiguous in the accumulation dtype, ``sof
 autograd of them *is* the reference backward, and the ``torch`` backend uses nothing else.
 
 The ``<op>_backward`` entries follow the backward contract of the compiled kernels (arguments
-``(*grads of the outputs, *tensor inputs, *saved outputs, *non-tensor inputs)``, one gradient per
-tensor input, in the input's dtype and memory layout) and compute it with ``torch.autograd.grad``
-of the forward; tests use them to check every backend's backward the same way.
+``(*grads of the visible outputs, *tensor inputs, *saved outputs, *non-tensor inputs)``, one
+gradient per tensor input, in the input's dtype and memory layout) and compute it with
+``torch.autograd.grad`` of the forward (the saved outputs are not needed there); tests use them to
+check every backend's backward the same way. Hidden outputs (``_schema.Op.hidden``) are
+computed without a graph.
 """
 from __future__ import annotations
 
@@ -24,11 +26,11 @@ _KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
 def _backward(name: str):
     """``<name>_backward`` of the kernel interface, by autograd of the forward ``<name>``."""
     op = OPS[name]
-    n_out, n_in, n_saved = len(op.outputs), len(op.tensor_inputs), len(op.saved)
+    n_grad, n_in, n_saved = len(op.grad_names), len(op.tensor_inputs), len(op.saved)
 
     def backward(*args):
-        grads, ins = args[:n_out], args[n_out:n_out + n_in]
-        options = args[n_out + n_in + n_saved:]
+        grads, ins = args[:n_grad], args[n_grad:n_grad + n_in]
+        options = args[n_grad + n_in + n_saved:]
         with torch.enable_grad():
             xs = [t.detach().requires_grad_() for t in ins]
             outs = globals()[name](*xs, *options)
@@ -86,10 +88,18 @@ attention_consistency_backward = _backward("attention_consistency")
 def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
                        last_features, last_grads_target, last_grads_confuser,
                        kind, sigma, omega, alpha, normalize, mask_grad, eps):
-    return reference.sharpen_focus_parts(
-        inner_features, inner_grads_target, inner_grads_confuser,
-        last_features, last_grads_target, last_grads_confuser, attention=_KIND_NAMES[kind],
-        sigma=sigma, omega=omega, alpha=alpha, normalize=normalize, mask_grad=mask_grad, eps=eps)
+    """The three parts, then the hidden maps and weights of each layer (``_schema``)."""
+    attention = _KIND_NAMES[kind]
+    layers = [[reference.layer_attention(f, g, attention, weights=True) for g in gs]
+              for f, gs in ((inner_features, (inner_grads_target, inner_grads_confuser)),
+                            (last_features, (last_grads_target, last_grads_confuser)))]
+    parts = reference.sharpen_focus_from_maps(
+        *(a for layer in layers for a, _ in layer), sigma=sigma, omega=omega, alpha=alpha,
+        normalize=normalize, mask_grad=mask_grad, eps=eps)
+    maps = [torch.stack([a.detach() for a, _ in layer]) for layer in layers]
+    weights = [torch.stack([w.detach() for _, w in layer]) if attention != "pixel" else
+               layer[0][0].new_empty((2, layer[0][0].shape[0], 0)) for layer in layers]
+    return (*parts, *maps, *weights)
 
 
 sharpen_focus_loss_backward = _backward("sharpen_focus_loss")

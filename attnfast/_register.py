@@ -1,9 +1,10 @@
 """Autograd and fake-kernel registration of the compiled ops (``attnfast``, ``attnfast_triton``).
 
 Every ``<op>_backward`` of the kernel interface (``attnfast._schema``) takes
-``(*grads of the outputs, *tensor inputs of <op>, *saved outputs, *non-tensor inputs)`` and
-returns the gradient of each tensor input; one generic rule ties each pair together with
-``torch.library.register_autograd`` on both namespaces. Fake (meta) kernels, taken from each
+``(*grads of the visible outputs, *tensor inputs of <op>, *saved outputs, *non-tensor inputs)``
+and returns the gradient of each tensor input; one generic rule ties each pair together with
+``torch.library.register_autograd`` on both namespaces (``hidden`` outputs are marked
+non-differentiable; their incoming gradients are dropped). Fake (meta) kernels, taken from each
 op's record in ``attnfast._schema``, let ``torch.compile`` trace the C++/CUDA ops;
 ``triton_op`` traces its own. (The eager ``torch`` backend needs neither: it is plain autograd.)
 """
@@ -23,9 +24,12 @@ def _autograd(ns: str, name: str):
     tensor_idx = [i for i, (type_, _) in enumerate(op.arguments) if type_ == "Tensor"]
     other_idx = [i for i in range(n_args) if i not in tensor_idx]
     backward_op = getattr(getattr(torch.ops, ns), f"{name}_backward")
+    n_visible = len(op.visible)
 
     def setup_context(ctx, inputs, output):
         outs = output if isinstance(output, tuple) else (output,)
+        if op.hidden:
+            ctx.mark_non_differentiable(*outs[n_visible:])
         ctx.save_for_backward(*(inputs[i] for i in tensor_idx), *outs)
         ctx.options = [inputs[i] for i in other_idx]
         ctx.n_in = len(tensor_idx)
@@ -33,7 +37,7 @@ def _autograd(ns: str, name: str):
     def backward(ctx, *grads):
         tensors = ctx.saved_tensors
         ins, outs = tensors[:ctx.n_in], tensors[ctx.n_in:]
-        grads_in = [grad_like(g, o) for g, o in zip(grads, outs)]
+        grads_in = [grad_like(g, o) for g, o in zip(grads[:n_visible], outs)]
         result = backward_op(*grads_in, *ins, *(outs[i] for i in op.saved_index), *ctx.options)
         result = result if isinstance(result, tuple) else (result,)
         it = iter(result)
@@ -45,10 +49,10 @@ def _autograd(ns: str, name: str):
 def _backward_fake(name):
     """A backward returns one gradient like each tensor input of its forward."""
     op = OPS[name]
-    n_out, n_in = len(op.outputs), len(op.tensor_inputs)
+    n_grad, n_in = len(op.grad_names), len(op.tensor_inputs)
 
     def fake(*args):
-        grads = tuple(torch.empty_like(t) for t in args[n_out:n_out + n_in])
+        grads = tuple(torch.empty_like(t) for t in args[n_grad:n_grad + n_in])
         return grads if len(grads) > 1 else grads[0]
     return fake
 

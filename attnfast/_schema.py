@@ -1,14 +1,19 @@
 """The kernel interface every backend implements: one record per op, one name everywhere.
 
 Each ``Op`` below states an op's forward arguments, its outputs, which outputs its backward takes
-again (``saved``) and its fake kernel (empty outputs of the right shape, dtype and device, for
-``torch.compile`` tracing). The schemas of ``<op>`` and ``<op>_backward`` are derived from it:
+again (``saved``), which outputs are ``hidden`` and its fake kernel (empty outputs of the right
+shape, dtype and device, for ``torch.compile`` tracing). The schemas of ``<op>`` and
+``<op>_backward`` are derived from it:
 
     <op>(*inputs) -> (*outputs)
-    <op>_backward(*grads of the outputs, *tensor inputs, *saved outputs, *non-tensor inputs)
-        -> (one gradient per tensor input, in order)
+    <op>_backward(*grads of the visible outputs, *tensor inputs, *saved outputs,
+                  *non-tensor inputs) -> (one gradient per tensor input, in order)
 
-with ``grad`` the incoming gradient of a single output, ``grad_<output>`` of one of several.
+with ``grad`` the incoming gradient of a single visible output, ``grad_<output>`` of one of
+several. ``hidden`` outputs come last: they exist only for the backward (small intermediate
+results the forward has anyway, so that the backward need not read the big inputs again to
+rebuild them); autograd marks them non-differentiable, the backward takes no gradient of them
+and the public function in ``attnfast.ops`` does not return them.
 ``SCHEMAS`` (op name -> schema text) lists both. ``attnfast._build`` defines these schemas in
 namespace ``attnfast`` when it loads the C++ extension (which only registers CPU kernels, and CUDA
 kernels when built with CUDA); the Triton backend
@@ -53,6 +58,10 @@ class Op:
     outputs: tuple                 # names of the forward's outputs (all Tensors)
     fake: Callable                 # forward arguments -> empty output(s)
     saved: tuple = ()              # outputs the backward takes after the tensor inputs
+    hidden: tuple = ()             # trailing outputs for the backward only: no gradient, not public
+
+    def __post_init__(self):
+        assert self.outputs[len(self.outputs) - len(self.hidden):] == self.hidden, self.name
 
     @property
     def arguments(self) -> list:
@@ -69,8 +78,14 @@ class Op:
         return tuple(self.outputs.index(s) for s in self.saved)
 
     @property
+    def visible(self) -> tuple:
+        """The differentiable outputs (the public function's): all but the ``hidden`` ones."""
+        return self.outputs[:len(self.outputs) - len(self.hidden)]
+
+    @property
     def grad_names(self) -> list:
-        return ["grad"] if len(self.outputs) == 1 else [f"grad_{o}" for o in self.outputs]
+        """Names of the backward's incoming gradients: one per visible output."""
+        return ["grad"] if len(self.visible) == 1 else [f"grad_{o}" for o in self.visible]
 
     @property
     def schema(self) -> str:
@@ -101,10 +116,23 @@ def _per_sample(t):
     return t.new_empty(t.shape[:1], dtype=_acc(t))
 
 
+def _sf_fake(fi, gti, gci, fl, gtl, gcl, kind, *options):
+    """Parts (N each), then the hidden maps (2 x N x H x W) and weights (2 x N x K; K = 0 for
+    the pixel kind) of the inner and the last layer."""
+    def maps(f):
+        return f.new_empty((2, f.shape[0], *f.shape[2:]), dtype=_acc(f))
+
+    def weights(f):
+        return f.new_empty((2, *f.shape[:2]) if kind != KIND_CODES["pixel"] else
+                           (2, f.shape[0], 0), dtype=_acc(f))
+    return (*(_per_sample(fi) for _ in range(3)), maps(fi), maps(fl), weights(fi), weights(fl))
+
+
 _SF_IN = ("Tensor inner_features, Tensor inner_grads_target, Tensor inner_grads_confuser, "
           "Tensor last_features, Tensor last_grads_target, Tensor last_grads_confuser, "
           "int kind, float sigma, float omega, float alpha, bool normalize, bool mask_grad, "
           "float eps")
+_SF_HIDDEN = ("inner_maps", "last_maps", "inner_weights", "last_weights")
 
 OPS = {op.name: op for op in (
     Op("channel_weights", "Tensor grads, bool positive", ("weights",),
@@ -121,8 +149,12 @@ OPS = {op.name: op for op in (
        fake=lambda a, b, m, eps: _per_sample(a)),
     Op("attention_consistency", "Tensor attn, Tensor mask, float alpha, float eps",
        ("consistency",), fake=lambda a, m, alpha, eps: _per_sample(a)),
-    Op("sharpen_focus_loss", _SF_IN, ("inner_iou", "last_iou", "consistency"),
-       fake=lambda f, *rest: tuple(_per_sample(f) for _ in range(3))),
+    # Hidden, per layer: the raw maps A (post-ReLU, before any normalization) of the target [0]
+    # and the confuser [1], 2 x N x H x W, and, for the channel/gradcam kinds, the channel
+    # weights w they were built from (A = ReLU(sum_k w[k] F[k])), 2 x N x K (2 x N x 0 for the
+    # pixel kind). With them the backward reads F, G_t, G_c of each layer once (csrc/cuda/NOTES.md).
+    Op("sharpen_focus_loss", _SF_IN, ("inner_iou", "last_iou", "consistency", *_SF_HIDDEN),
+       fake=_sf_fake, saved=_SF_HIDDEN, hidden=_SF_HIDDEN),
     Op("channel_spatial_attention", "Tensor features, Tensor channel_weights, float eps",
        ("out", "spatial"), fake=lambda f, s, eps: (torch.empty_like(f), _map_like(f)),
        saved=("spatial",)),

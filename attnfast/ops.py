@@ -227,7 +227,8 @@ def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
     tensors = (inner_features, inner_grads_target, inner_grads_confuser,
                last_features, last_grads_target, last_grads_confuser)
     dt = acc_dtype(inner_features)
-    inner, last, cons = _ns(inner_features).sharpen_focus_loss(
+    # _hidden: the maps and weights the backward takes again (attnfast._schema), not public
+    inner, last, cons, *_hidden = _ns(inner_features).sharpen_focus_loss(
         *(big(t) if t.dim() == 4 else small(t, dt) for t in tensors), KIND_CODES[attention],
         float(sigma), float(omega), float(alpha), bool(normalize), bool(mask_grad), float(eps))
     return SharpenFocusOutput(reference.reduce(inner + last + cons, reduction), inner, last, cons)

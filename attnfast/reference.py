@@ -94,19 +94,24 @@ def attention_consistency(attn_inner, mask, alpha=1.0, eps=EPS):
     return alpha - (a * m).sum(dim=(1, 2)) / (a.sum(dim=(1, 2)) + eps)
 
 
-def layer_attention(features, grads, kind):
+def layer_attention(features, grads, kind, weights=False):
     """The attention map of one layer for one class, of the given kind.
 
     ``grads`` is either N x K x H x W or N x K per-channel weights standing for a gradient that
     is the same at every pixel (GAP + linear head); the latter is exactly the former broadcast.
+    ``weights=True`` returns (map, w) with w the N x K channel weights of the channel kinds
+    (A = ReLU(sum_k w[k] F[k])), None for the pixel kind.
     """
     if kind not in KINDS:
         raise ValueError(f"attention must be one of {KINDS}, got {kind!r}")
     if grads.dim() == 2:
         grads = grads[:, :, None, None].expand(-1, -1, *features.shape[-2:])
     if kind == "pixel":
-        return pixel_attention(features, grads)
-    return channel_attention(features, grads, positive=(kind == "channel"))
+        a, w = pixel_attention(features, grads), None
+    else:
+        w = channel_weights(grads, positive=(kind == "channel"))
+        a = weighted_attention(features, w)
+    return (a, w) if weights else a
 
 
 def sharpen_focus_parts(inner_features, inner_grads_target, inner_grads_confuser,
@@ -120,10 +125,17 @@ def sharpen_focus_parts(inner_features, inner_grads_target, inner_grads_confuser
     max-normalized first when ``normalize`` (decision 3) and L_ac is taken on the same inner
     target map the soft-IoU sees (decision 10).
     """
-    a_it = layer_attention(inner_features, inner_grads_target, attention)
-    a_ic = layer_attention(inner_features, inner_grads_confuser, attention)
-    a_lt = layer_attention(last_features, last_grads_target, attention)
-    a_lc = layer_attention(last_features, last_grads_confuser, attention)
+    return sharpen_focus_from_maps(
+        layer_attention(inner_features, inner_grads_target, attention),
+        layer_attention(inner_features, inner_grads_confuser, attention),
+        layer_attention(last_features, last_grads_target, attention),
+        layer_attention(last_features, last_grads_confuser, attention),
+        sigma=sigma, omega=omega, alpha=alpha, normalize=normalize, mask_grad=mask_grad, eps=eps)
+
+
+def sharpen_focus_from_maps(a_it, a_ic, a_lt, a_lc, *, sigma=0.55, omega=100.0, alpha=1.0,
+                            normalize=True, mask_grad=False, eps=EPS):
+    """``sharpen_focus_parts`` from the four raw maps (inner/last x target/confuser)."""
     src = a_lt if mask_grad else a_lt.detach()
     m_last = soft_mask(src, sigma, omega, None, eps)
     m_inner = soft_mask(src, sigma, omega, a_it.shape[-2:], eps)

@@ -175,14 +175,15 @@ def sf_case(si, sl, dt, fmt, kind, flat, normalize, mask_grad, loose=1.0):
     ins = [fi, grads[0], grads[1], fl, grads[2], grads[3]]
     code = {"pixel": 0, "channel": 1, "gradcam": 2}[kind]
     args = (code, 0.55, 20.0, 1.0, normalize, mask_grad, 1e-6)
-    parts = OPS.sharpen_focus_loss(*ins, *args)
+    outs = OPS.sharpen_focus_loss(*ins, *args)
+    parts, saved = outs[:3], outs[3:]
     ups = [torch.randn(n, device=DEV) for _ in range(3)]
     opts = dict(attention=kind, sigma=0.55, omega=20.0, alpha=1.0, normalize=normalize,
                 mask_grad=mask_grad)
     r, dr = ref_grads(lambda *x: R.sharpen_focus_parts(*x, **opts), ins, ups)
     low = dt != torch.float32
     check(f"sharpen_focus_loss {tag}", torch.cat(parts), cat(r[:3]), 3e-3 if low else 1e-4)
-    got = OPS.sharpen_focus_loss_backward(*ups, *ins, *args)
+    got = OPS.sharpen_focus_loss_backward(*ups, *ins, *saved, *args)
     for name, a, b in zip(("dFi", "dGti", "dGci", "dFl", "dGtl", "dGcl"), got, dr):
         check(f"sharpen_focus_loss_backward {tag} {name}", a, b, (5e-2 if low else 1e-3) * loose)
 

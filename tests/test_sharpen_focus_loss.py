@@ -4,6 +4,9 @@ import pytest
 import torch
 
 import attnfast
+from attnfast._schema import KIND_CODES, OPS
+from attnfast.backend import namespace
+from attnfast.reference import EPS
 from conftest import BACKENDS, DEVICE, big, check, dtypes, kink_free, pre_activation, require, small
 from shapes import PAIRS, PAIRS_SMALL
 
@@ -98,3 +101,54 @@ def test_reductions():
     torch.testing.assert_close(outs["none"].loss.mean(), outs["mean"].loss)
     assert outs["none"].loss.shape == (3,)
     assert all(p.dtype == torch.float32 and p.shape == (3,) for p in outs["mean"][1:])
+
+
+def _public_maps_and_weights(f, grads, kind):
+    """Per class (target, confuser) the raw map of the public map op and its channel weights
+    (empty for the pixel kind); N x K grads stand for the same value at every pixel."""
+    maps, weights = [], []
+    for g in grads:
+        g = g[:, :, None, None].expand(-1, -1, *f.shape[2:]) if g.dim() == 2 else g
+        if kind == "pixel":
+            maps.append(attnfast.pixel_attention(f, g))
+            weights.append(f.new_empty((f.shape[0], 0)))
+        else:
+            maps.append(attnfast.channel_attention(f, g, positive=kind == "channel"))
+            weights.append(attnfast.channel_weights(g, positive=kind == "channel"))
+    return torch.stack(maps), torch.stack(weights)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("backend", BACKENDS + ["torch"])
+def test_hidden_outputs_are_the_maps(backend, kind, per_channel):
+    """The forward's hidden outputs (what its backward takes again, attnfast._schema) are the
+    raw maps of the public map ops, target [0] and confuser [1], and the channel weights of the
+    channel kinds; they carry no gradient, and the public function returns only its four
+    fields."""
+    require(backend)
+    n, ki, kl, (hi, wi), (hl, wl) = 3, 4, 6, *PAIRS_SMALL[0]
+    xs = _inputs(torch.float32, n, ki, kl, (hi, wi), (hl, wl), fmt="channels_last",
+                 per_channel=per_channel, kind=kind)
+    xs = [x.requires_grad_() for x in xs]
+    outs = namespace(backend).sharpen_focus_loss(*xs, KIND_CODES[kind], 0.55, 100.0, 1.0, True,
+                                                 False, EPS)
+    op = OPS["sharpen_focus_loss"]
+    assert len(outs) == len(op.outputs) and len(op.visible) == 3
+    hidden = dict(zip(op.hidden, outs[3:]))
+    with attnfast.use_backend(backend), torch.no_grad():
+        want = [_public_maps_and_weights(xs[0], xs[1:3], kind),
+                _public_maps_and_weights(xs[3], xs[4:6], kind)]
+    for layer, (maps, weights) in zip(("inner", "last"), want):
+        got_maps, got_weights = hidden[f"{layer}_maps"], hidden[f"{layer}_weights"]
+        assert got_maps.shape == maps.shape and got_weights.shape == weights.shape, layer
+        assert got_maps.dtype == got_weights.dtype == torch.float32, layer
+        torch.testing.assert_close(got_maps, maps, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got_weights, weights, rtol=1e-5, atol=1e-6)
+    assert not any(t.requires_grad for t in outs[3:]), "hidden outputs must carry no gradient"
+    assert all(t.requires_grad for t in outs[:3])
+    with attnfast.use_backend(backend):
+        public = attnfast.sharpen_focus_loss(*xs, attention=kind)
+    assert type(public) is attnfast.SharpenFocusOutput and len(public) == 4
+    for got, want_part in zip(public[1:], outs[:3]):
+        torch.testing.assert_close(got, want_part, rtol=0, atol=0)

@@ -211,6 +211,7 @@ def test_sharpen_focus_parts(case, common):
     check("sharpen_focus_loss parts",
           lambda *t: ref.sharpen_focus_parts(*t, attention="pixel", eps=EPS, **opts),
           [fi, it[:, None], ic[:, None], fl, lt[:, None], lc[:, None]],
-          lambda *t: ops.sharpen_focus_loss(*t, *args),
-          lambda u0, u1, u2, *t: ops.sharpen_focus_loss_backward(u0, u1, u2, *t, *args))
+          lambda *t: ops.sharpen_focus_loss(*t, *args)[:3],
+          lambda u0, u1, u2, *t: ops.sharpen_focus_loss_backward(
+              u0, u1, u2, *t, *ops.sharpen_focus_loss(*t, *args)[3:], *args))
 

@@ -133,7 +133,9 @@ def test_fake_tensor_propagation():
              (ops.channel_spatial_attention, (f.abs(), w, EPS)),
              (ops.ggam_loss, (w, v, EPS)),
              (ops.sharpen_focus_loss_backward, (*torch.rand(3, 2, device=DEVICE), f, g, g, f, v,
-                                                v, 0, 0.55, 100.0, 1.0, True, True, EPS)),
+                                                v, *torch.rand(2, 2, 2, 4, 4, device=DEVICE),
+                                                *torch.empty(2, 2, 2, 0, device=DEVICE), 0, 0.55,
+                                                100.0, 1.0, True, True, EPS)),
              (ops.channel_spatial_attention_backward, (f, a, f.abs(), w, a, EPS))]
     for op, args in calls:
         torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_faketensor"))
@@ -245,8 +247,9 @@ def test_sharpen_focus_loss(case):
     with knobs(split=case.get("split", False), tile=case.get("tile")):
         check("sharpen_focus_loss",
               lambda *t: ref.sharpen_focus_parts(*t, attention=case["kind"], eps=EPS, **opts),
-              [fi, *gi, fl, *gl], lambda *t: ops.sharpen_focus_loss(*t, *args),
-              lambda u0, u1, u2, *t: ops.sharpen_focus_loss_backward(u0, u1, u2, *t, *args))
+              [fi, *gi, fl, *gl], lambda *t: ops.sharpen_focus_loss(*t, *args)[:3],
+              lambda u0, u1, u2, *t: ops.sharpen_focus_loss_backward(
+                  u0, u1, u2, *t, *ops.sharpen_focus_loss(*t, *args)[3:], *args))
 
 
 @pytest.mark.parametrize("shape,cl,split", [((2, 5, 7, 7), False, False),
@@ -285,8 +288,11 @@ def test_empty_batch():
     assert ops.soft_iou(a, a, a, EPS).shape == ops.attention_consistency(a, a, 1.0, EPS).shape
     assert len(ops.soft_iou_backward(e, a, a, a, EPS)) == 3
     sf = (f, g, g, f, w, w, 0, 0.55, 100.0, 1.0, True, True, EPS)
-    assert [t.shape for t in ops.sharpen_focus_loss(*sf)] == [(0,)] * 3
-    assert [t.shape for t in ops.sharpen_focus_loss_backward(e, e, e, *sf)] == [
+    sf_out = ops.sharpen_focus_loss(*sf)
+    assert [t.shape for t in sf_out[:3]] == [(0,)] * 3
+    assert [t.shape for t in sf_out[3:]] == [(2, 0, *f.shape[2:])] * 2 + [(2, 0, 0)] * 2
+    assert [t.shape for t in ops.sharpen_focus_loss_backward(e, e, e, *sf[:6], *sf_out[3:],
+                                                             *sf[6:])] == [
         f.shape, g.shape, g.shape, f.shape, w.shape, w.shape]
     out, spatial = ops.channel_spatial_attention(f, w, EPS)
     assert out.shape == f.shape and spatial.shape == (0, 4, 4)

@@ -8,10 +8,12 @@ den(x) = max(max_p x, 0) + eps, a = x / den(x) if normalize else x:
   consistency = alpha - sum a_it M_inner / (sum a_it + eps).
 Forward: per layer one pass over F (and the MAP gradients) builds both maps
 (_attention_pass; the channel kinds first take the channel means of G, _weights_pass), then one
-program per sample does all the map math. Backward: the maps are rebuilt the same way, one
-program per sample gives dL/dx for the four maps (and, with mask_grad, the mask's share, whose
-resize adjoint and normalization a second per-sample program add to dL/dx_lt), then per layer
-one pass over F writes dF, dG_t, dG_c. N x K gradients (constant over pixels) act through
+program per sample does all the map math; the raw maps (2 x N x H x W) and the channel means
+(2 x N x K, channel kinds) of each layer are returned as the hidden outputs of attnfast._schema.
+Backward, from those saved maps and weights (nothing is rebuilt): one program per sample gives
+dL/dx for the four maps (and, with mask_grad, the mask's share, whose resize adjoint and
+normalization a second per-sample program add to dL/dx_lt), then per layer one pass over F
+writes dF, dG_t, dG_c. N x K gradients (constant over pixels) act through
 weights g / K (pixel), ReLU(g) (channel), g (gradcam) and get an N x K gradient back.
 """
 import torch
@@ -255,24 +257,32 @@ def _map_math(inner, last, sigma, omega, alpha, normalize, eps, upstream=None, m
     return outs
 
 
-def _side(features, grads, kind):
-    """The side of the pass over F that makes the attention map of ``grads`` (4-D or N x K)."""
+def _side(features, grads, kind, weights=None):
+    """The side of the pass over F that makes the attention map of ``grads`` (4-D or N x K);
+    ``weights``: the channel means of a 4-D ``grads`` when already known (the backward)."""
     if kind == KIND_CODES["pixel"]:
         return Side(grads, MAP if grads.dim() == 4 else VEC, 1.0 / max(features.shape[1], 1))
     positive = kind == KIND_CODES["channel"]
     if grads.dim() == 4:
-        return Side(channel_means(grads, positive), VEC)
+        return Side(channel_means(grads, positive) if weights is None else weights, VEC)
     return Side(grads, RELU_VEC if positive else VEC)
 
 
 def _layer_maps(features, grads_t, grads_c, kind):
-    """(sides, [x_t, x_c]): both raw attention maps of a layer in one pass over F."""
+    """(maps 2 x N x H x W, weights 2 x N x K (2 x N x 0 for the pixel kind)) of a layer: both
+    raw attention maps in one pass over F, and the channel weights they were built from."""
     sides = [_side(features, g, kind) for g in (grads_t, grads_c)]
-    return sides, attention_maps(features, sides)
+    maps = torch.stack(attention_maps(features, sides))
+    if kind == KIND_CODES["pixel"]:
+        return maps, maps.new_empty((2, features.shape[0], 0))
+    return maps, torch.stack([sd.x.to(maps.dtype).relu() if sd.mode == RELU_VEC else
+                              sd.x.to(maps.dtype) for sd in sides])
 
 
-def _layer_grads(features, grads_t, grads_c, kind, sides, maps, dmaps):
-    """(dF, dG_t, dG_c) of a layer from dL/dx_t, dL/dx_c, in one pass over F."""
+def _layer_grads(features, grads_t, grads_c, kind, maps, weights, dmaps):
+    """(dF, dG_t, dG_c) of a layer from its saved maps and weights and dL/dx_t, dL/dx_c, in one
+    pass over F."""
+    sides = [_side(features, g, kind, w) for g, w in zip((grads_t, grads_c), weights)]
     dfeat, dsides = attention_grads(features, sides, dmaps, maps)
     hw = features.shape[2] * features.shape[3]
     dgrads = [d if kind == KIND_CODES["pixel"] or g.dim() == 2 else
@@ -286,11 +296,14 @@ def sharpen_focus_loss(inner_features: Tensor, inner_grads_target: Tensor,
                        inner_grads_confuser: Tensor, last_features: Tensor,
                        last_grads_target: Tensor, last_grads_confuser: Tensor, kind: int,
                        sigma: float, omega: float, alpha: float, normalize: bool, mask_grad: bool,
-                       eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-sample (inner_iou, last_iou, consistency), float32 N each."""
-    _, inner = _layer_maps(inner_features, inner_grads_target, inner_grads_confuser, kind)
-    _, last = _layer_maps(last_features, last_grads_target, last_grads_confuser, kind)
-    return tuple(_map_math(inner, last, sigma, omega, alpha, normalize, eps))
+                       eps: float
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per-sample (inner_iou, last_iou, consistency), float32 N each, then the hidden inner and
+    last maps and weights."""
+    inner, w_inner = _layer_maps(inner_features, inner_grads_target, inner_grads_confuser, kind)
+    last, w_last = _layer_maps(last_features, last_grads_target, last_grads_confuser, kind)
+    parts = _map_math(inner, last, sigma, omega, alpha, normalize, eps)
+    return (*parts, inner, last, w_inner, w_last)
 
 
 @register
@@ -298,15 +311,16 @@ def sharpen_focus_loss_backward(
         grad_inner_iou: Tensor, grad_last_iou: Tensor, grad_consistency: Tensor,
         inner_features: Tensor, inner_grads_target: Tensor, inner_grads_confuser: Tensor,
         last_features: Tensor, last_grads_target: Tensor, last_grads_confuser: Tensor,
+        inner_maps: Tensor, last_maps: Tensor, inner_weights: Tensor, last_weights: Tensor,
         kind: int, sigma: float, omega: float, alpha: float, normalize: bool, mask_grad: bool,
         eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of the six tensor inputs (each in its input's dtype, layout and shape)."""
     layers = ((inner_features, inner_grads_target, inner_grads_confuser),
               (last_features, last_grads_target, last_grads_confuser))
-    built = [_layer_maps(*layer, kind) for layer in layers]
-    dmaps = _map_math(built[0][1], built[1][1], sigma, omega, alpha, normalize, eps,
+    maps, weights = (inner_maps, last_maps), (inner_weights, last_weights)
+    dmaps = _map_math(inner_maps, last_maps, sigma, omega, alpha, normalize, eps,
                       (grad_inner_iou, grad_last_iou, grad_consistency), mask_grad)
     grads = []
-    for layer, (sides, maps), dlayer in zip(layers, built, (dmaps[:2], dmaps[2:])):
-        grads += _layer_grads(*layer, kind, sides, maps, dlayer)
+    for layer, m, w, dlayer in zip(layers, maps, weights, (dmaps[:2], dmaps[2:])):
+        grads += _layer_grads(*layer, kind, m, w, dlayer)
     return tuple(grads)

@@ -1,15 +1,17 @@
 // sharpen_focus_loss, fused (SPEC "sharpen_focus_loss"). Per sample n, one read pass over each
 // layer's features builds its target AND confuser maps together (after one pass over the 4-D
 // gradients for the channel weights of the channel/gradcam kinds); the map math of
-// common/sharpen_focus.h then runs in thread-local buffers.
+// common/sharpen_focus.h then runs in thread-local buffers. The maps are written straight into the
+// saved outputs (host::SfSaved), and the channel kinds' weights copied there.
 //
 // The map of class c (0 = target, 1 = confuser) of a layer, g its gradient:
 //   pixel kind, g 4-D:   A = ReLU((1/K) sum_k g[k,p] F[k,p])                       ("pixel mode")
 //   otherwise:           A = ReLU(sum_k w[k] F[k,p])                                ("weights mode")
 //     w = mean_p ReLU(g) (channel) or mean_p g (gradcam) for 4-D g; for N x K g (a gradient
 //     constant over pixels) w = g/K (pixel), ReLU(g) (channel), g (gradcam).
-// Backward: recompute the maps, get dA from sf_backward, e = dA [A > 0], then ONE streaming pass
-// over the layer (tile by tile) writing dF and dG of pixel-mode classes:
+// Backward: the maps and weights are the forward's saved ones (the pixel kind saves no weights:
+// those of its N x K gradients are g/K again), get dA from sf_backward, e = dA [A > 0], then ONE
+// streaming pass over the layer (tile by tile) writing dF and dG of pixel-mode classes:
 //   pixel mode:   dF += (e/K) g,  dg = (e/K) F
 //   weights mode: dF += e w[k],   r[k] = sum_p e F;  then dg[k,p] = r[k]/P * [g > 0 or 1] (4-D,
 //                 a write pass over g) or dg[k] = r[k] * dw/dg (N x K; no K x H x W tensor).
@@ -191,8 +193,35 @@ void layer_backward(const Layer<S, A>& ly, int64_t n, const A* w, const A* a0, c
     if (!ly.px[c]) class_weights_backward(ly, c, n, r + c * K);
 }
 
-// Thread-local scratch of one sample: 4 maps, 4 map gradients, weights of both layers, r, and
-// the map math's own scratch.
+// Weights w (2K: target, confuser) of sample n for layer_backward: the saved ones (2 x N x K) for
+// the channel kinds; for the pixel kind only N x K classes have weights, rebuilt from g.
+template <class S, class A>
+void saved_weights(const Layer<S, A>& ly, int64_t n, int64_t N, const A* saved, A* w) {
+  const int64_t K = ly.K;
+  for (int c = 0; c < 2; ++c) {
+    if (ly.px[c]) continue;
+    if (ly.kind == kPixel) {
+      class_weights(ly, c, n, w + c * K);
+    } else {
+      std::copy(saved + (c * N + n) * K, saved + (c * N + n + 1) * K, w + c * K);
+    }
+  }
+}
+
+// The saved maps and weights of one layer as pointers: map of class c of sample n at
+// maps + (c N + n) P, weights at weights + (c N + n) K (channel kinds only).
+template <class A> struct SavedPtrs {
+  A *maps, *weights;
+  int64_t N, P, K;
+  A* map(int c, int64_t n) const { return maps + (c * N + n) * P; }
+};
+template <class A> SavedPtrs<A> saved_ptrs(const host::SfSaved& s) {
+  return {s.maps.data_ptr<A>(), s.weights.data_ptr<A>(), s.maps.size(1),
+          s.maps.size(2) * s.maps.size(3), s.weights.size(2)};
+}
+
+// Thread-local scratch of one sample: 4 map gradients, weights of both layers, r, and the map
+// math's own scratch.
 struct Scratch {
   int64_t pi, pl, ki, kl;
   SfShape shape;
@@ -200,15 +229,14 @@ struct Scratch {
       : pi(pixels(fi)), pl(pixels(fl)), ki(fi.size(1)), kl(fl.size(1)),
         shape{fi.size(2), fi.size(3), fl.size(2), fl.size(3)} {}
   int64_t size() const {
-    return 2 * (2 * pi + 2 * pl) + 2 * ki + 2 * kl + 2 * std::max(ki, kl) + sf_scratch_size(shape);
+    return (2 * pi + 2 * pl) + 2 * ki + 2 * kl + 2 * std::max(ki, kl) + sf_scratch_size(shape);
   }
   template <class A> struct Parts {
-    A *ti, *ci, *tl, *cl, *dti, *dci, *dtl, *dcl, *wi, *wl, *r, *sf;
+    A *dti, *dci, *dtl, *dcl, *wi, *wl, *r, *sf;
   };
   template <class A> Parts<A> split(A* s) const {
     Parts<A> q;
-    q.ti = s, q.ci = q.ti + pi, q.tl = q.ci + pi, q.cl = q.tl + pl;
-    q.dti = q.cl + pl, q.dci = q.dti + pi, q.dtl = q.dci + pi, q.dcl = q.dtl + pl;
+    q.dti = s, q.dci = q.dti + pi, q.dtl = q.dci + pi, q.dcl = q.dtl + pl;
     q.wi = q.dcl + pl, q.wl = q.wi + 2 * ki, q.r = q.wl + 2 * kl, q.sf = q.r + 2 * std::max(ki, kl);
     return q;
   }
@@ -224,13 +252,18 @@ void run(const host::SharpenFocusLoss& a) {
     const auto o = host::options_as<A>(a.in.o);
     A *oi = a.inner_iou.mutable_data_ptr<A>(), *ol = a.last_iou.mutable_data_ptr<A>(),
       *oc = a.consistency.mutable_data_ptr<A>();
+    const SavedPtrs<A> si = saved_ptrs<A>(a.saved[0]), sl = saved_ptrs<A>(a.saved[1]);
     const int64_t work = 3 * (sc.ki * sc.pi + sc.kl * sc.pl);
     for_each_sample<A>(N, work, sc.size(), [&](int64_t n, A* s) {
       const auto q = sc.split(s);
-      layer_maps(li, n, q.wi, q.ti, q.ci);
-      layer_maps(ll, n, q.wl, q.tl, q.cl);
+      layer_maps(li, n, q.wi, si.map(0, n), si.map(1, n));
+      layer_maps(ll, n, q.wl, sl.map(0, n), sl.map(1, n));
+      for (int c = 0; c < 2; ++c) {  // weights of the channel kinds (K = 0 for the pixel kind)
+        std::copy(q.wi + c * si.K, q.wi + (c + 1) * si.K, si.weights + (c * N + n) * si.K);
+        std::copy(q.wl + c * sl.K, q.wl + (c + 1) * sl.K, sl.weights + (c * N + n) * sl.K);
+      }
       A v[3];
-      sf_forward(q.ti, q.ci, q.tl, q.cl, sc.shape, o, q.sf, v);
+      sf_forward<A>(si.map(0, n), si.map(1, n), sl.map(0, n), sl.map(1, n), sc.shape, o, q.sf, v);
       oi[n] = v[0], ol[n] = v[1], oc[n] = v[2];
     });
   });
@@ -258,15 +291,17 @@ void run(const host::SharpenFocusLossBackward& a) {
     const auto o = host::options_as<A>(a.in.o);
     const A *gip = a.grad[0].const_data_ptr<A>(), *glp = a.grad[1].const_data_ptr<A>(),
             *gcp = a.grad[2].const_data_ptr<A>();
-    const int64_t work = 8 * (sc.ki * sc.pi + sc.kl * sc.pl);
+    const SavedPtrs<A> si = saved_ptrs<A>(a.saved[0]), sl = saved_ptrs<A>(a.saved[1]);
+    const int64_t work = 6 * (sc.ki * sc.pi + sc.kl * sc.pl);
     for_each_sample<A>(N, work, sc.size(), [&](int64_t n, A* s) {
       const auto q = sc.split(s);
-      layer_maps(ly[0], n, q.wi, q.ti, q.ci);
-      layer_maps(ly[1], n, q.wl, q.tl, q.cl);
-      sf_backward(gip[n], glp[n], gcp[n], q.ti, q.ci, q.tl, q.cl, sc.shape, o, q.sf, q.dti,
-                  q.dci, q.dtl, q.dcl);
-      layer_backward(ly[0], n, q.wi, q.ti, q.ci, q.dti, q.dci, q.r);
-      layer_backward(ly[1], n, q.wl, q.tl, q.cl, q.dtl, q.dcl, q.r);
+      const A *ti = si.map(0, n), *ci = si.map(1, n), *tl = sl.map(0, n), *cl = sl.map(1, n);
+      saved_weights(ly[0], n, N, si.weights, q.wi);
+      saved_weights(ly[1], n, N, sl.weights, q.wl);
+      sf_backward(gip[n], glp[n], gcp[n], ti, ci, tl, cl, sc.shape, o, q.sf, q.dti, q.dci, q.dtl,
+                  q.dcl);
+      layer_backward(ly[0], n, q.wi, ti, ci, q.dti, q.dci, q.r);
+      layer_backward(ly[1], n, q.wl, tl, cl, q.dtl, q.dcl, q.r);
     });
   });
 }

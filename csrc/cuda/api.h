@@ -111,13 +111,23 @@ struct SfLayerGrads {
   void* d_f;
   void* d_g[2];
 };
+// What the forward leaves of one layer for the backward (float32, contiguous): maps 2 x N x P,
+// the raw maps A_c (after the ReLU, before any normalization) of target (0) and confuser (1);
+// weights 2 x N x K, the w of A_c = ReLU(sum_k w[k] F[k]) (channel kinds; null for the pixel
+// kind). The forward writes them, the backward only reads them.
+struct SfSaved {
+  float* maps;
+  float* weights;
+};
 // The options (kind, sigma, omega, alpha, eps, normalize, mask_grad): SfOptions of common/defs.h.
 cudaError_t sharpen_focus_loss(DType dt, const SfLayer& inner, const SfLayer& last,
                                const SfOptions<float>& o, float* inner_iou, float* last_iou,
-                               float* consistency, Scratch scratch, cudaStream_t stream);
+                               float* consistency, const SfSaved& s_inner, const SfSaved& s_last,
+                               Scratch scratch, cudaStream_t stream);
 cudaError_t sharpen_focus_loss_backward(DType dt, const float* g_inner_iou,
                                         const float* g_last_iou, const float* g_consistency,
                                         const SfLayer& inner, const SfLayer& last,
+                                        const SfSaved& s_inner, const SfSaved& s_last,
                                         const SfOptions<float>& o, const SfLayerGrads& d_inner,
                                         const SfLayerGrads& d_last, Scratch scratch,
                                         cudaStream_t stream);

@@ -3,15 +3,16 @@
 // Forward, per layer: [channel/gradcam with 4-D G: one "weights" pass over G_t and G_c] then ONE
 // "contract" pass over F (and G_t, G_c for the pixel kind) that sums both classes' maps; then ONE
 // per-sample kernel builds the four maps from the sums, the two masks (bilinear resize of the
-// normalized last target map), and the two soft-IoUs and L_ac, the maps held in shared memory.
+// normalized last target map), and the two soft-IoUs and L_ac, the maps held in shared memory
+// and written out, with the channel weights, as the saved outputs (SfSaved, api.h).
 //
 // Class c of a layer, g its gradient:
 //   pixel kind, 4-D g:  A = ReLU((1/K) sum_k g F)          (big V = g, scale 1/K)
 //   otherwise:          A = ReLU(sum_k w[k] F)             (small V = w, scale 1)
 //     w = mean_p ReLU(g) / mean_p g (4-D g), const_grad_weight(kind, g) (N x K g).
 //
-// Backward: the maps are recomputed as above (the schema saves no map), a per-sample kernel
-// turns the three upstream gradients into r_c[n,p] = dLoss/dA_c [A_c > 0] scale_c for each layer
+// Backward: the maps and weights are the forward's saved ones (no pass over F or G), a
+// per-sample kernel turns the three upstream gradients into r_c[n,p] = dLoss/dA_c [A_c > 0] scale_c for each layer
 // (normalize, masks with mask_grad, soft-IoU and L_ac backward), then ONE "scatter" pass per
 // layer writes dF (and dG = r F of big classes, dw = sum_p r F of small ones); small classes
 // then get dG = dw / P term'(G) (one write pass over 4-D G) or dg = dw dweight/dg (N x K).
@@ -28,16 +29,15 @@ struct LayerPlan {
   SmallV v[2];     // small V or null
   bool pooled[2];  // w is mean_p term(g) of a 4-D g (needs the weights pass)
   float scale[2];  // 1/K for a big V, else 1
-  float* w;        // 2 x N x K weights of the pooled classes
+  float* w;        // 2 x N x K weights of the channel kinds (SfSaved::weights)
 };
 
-LayerPlan plan_layer(const SfLayer& l, int64_t kind, Scratch scratch) {
+// `saved_weights`: SfSaved::weights (null when empty, N = 0 or K = 0: then a scratch stand-in).
+LayerPlan plan_layer(const SfLayer& l, int64_t kind, float* saved_weights, Scratch scratch) {
   LayerPlan lp{};
   const int64_t nk = l.geo.n * l.geo.k;
-  for (int c = 0; c < 2; ++c) {
-    lp.pooled[c] = !l.flat[c] && kind != kPixel;
-    if (lp.pooled[c] && !lp.w) lp.w = scratch.floats(2 * nk);
-  }
+  if (kind != kPixel) lp.w = saved_weights ? saved_weights : scratch.floats(2 * nk);
+  for (int c = 0; c < 2; ++c) lp.pooled[c] = !l.flat[c] && kind != kPixel;
   for (int c = 0; c < 2; ++c) {
     lp.big[c] = !l.flat[c] && kind == kPixel ? l.g[c] : nullptr;
     lp.scale[c] = lp.big[c] && l.geo.k > 0 ? 1.f / static_cast<float>(l.geo.k) : 1.f;
@@ -48,15 +48,30 @@ LayerPlan plan_layer(const SfLayer& l, int64_t kind, Scratch scratch) {
   return lp;
 }
 
-// The sums of both classes' maps of one layer (weights pass first when needed).
+// w[i] = const_grad_weight(kind, g[i], .): the saved weights of an N x K gradient (channel kinds
+// only, where the 1/K of the pixel kind does not enter).
+__global__ void __launch_bounds__(kThreads) flat_weight_kernel(const float* g, float* w,
+                                                               int64_t count, int64_t kind) {
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * kThreads)
+    w[i] = const_grad_weight(kind, g[i], 1.f);
+}
+
+// The sums of both classes' maps of one layer (weights pass first when needed; the weights of
+// the channel kinds land in lp.w, the saved weights).
 cudaError_t layer_sums(DType dt, const SfLayer& l, const LayerPlan& lp, int64_t kind,
                        Scratch scratch, cudaStream_t stream, Partials* sums) {
+  const int64_t nk = l.geo.n * l.geo.k;
+  for (int c = 0; c < 2; ++c)
+    if (l.flat[c] && lp.w)
+      ATTNFAST_CUDA_TRY(launch(flat_weight_kernel, grid_for(nk), 0, stream,
+                               static_cast<const float*>(l.g[c]), lp.w + c * nk, nk, kind));
   if (lp.pooled[0] || lp.pooled[1]) {
     if (!lp.w) return cudaErrorMemoryAllocation;
     WeightsArgs wa{};
     wa.geo = l.geo, wa.positive = kind == kChannel;
     for (int c = 0; c < 2; ++c)
-      if (lp.pooled[c]) wa.g[c] = l.g[c], wa.w[c] = lp.w + c * l.geo.n * l.geo.k;
+      if (lp.pooled[c]) wa.g[c] = l.g[c], wa.w[c] = lp.w + c * nk;
     ATTNFAST_CUDA_TRY(weights(dt, wa, scratch, stream));
   }
   ContractArgs ca{};
@@ -66,9 +81,12 @@ cudaError_t layer_sums(DType dt, const SfLayer& l, const LayerPlan& lp, int64_t 
 }
 
 // ---------------------------------------------------------------- per-sample math
-// Maps of one sample in the block's buffer: ti, ci (inner, pi each), tl, cl (last, pl each).
+// Maps of one sample in the block's buffer: ti, ci (inner, pi each), tl, cl (last, pl each),
+// built from the contract sums (forward) or copied from the saved maps (backward).
 struct SfMaps {
-  Partials sums[2];  // inner, last
+  Partials sums[2];      // inner, last
+  const float* saved[2];  // inner, last saved maps (2 x N x P), or null: build from the sums
+  int64_t n_samples;
   float scale[2][2];
   int64_t hi, wi, hl, wl;
   SfOptions<float> o;
@@ -90,13 +108,25 @@ struct SfSample {
   __device__ void build(const SfMaps& m, int64_t n, float* buf) {
     const int64_t pi = m.pi(), pl = m.pl();
     float* b = buf;
-    ATTNFAST_BLOCK_LOOP(i, pi) {
-      b[i] = relu(m.scale[0][0] * m.sums[0].sum(0, n, i));
-      b[pi + i] = relu(m.scale[0][1] * m.sums[0].sum(1, n, i));
-    }
-    ATTNFAST_BLOCK_LOOP(i, pl) {
-      b[2 * pi + i] = relu(m.scale[1][0] * m.sums[1].sum(0, n, i));
-      b[2 * pi + pl + i] = relu(m.scale[1][1] * m.sums[1].sum(1, n, i));
+    const int64_t N = m.n_samples;
+    if (m.saved[0]) {
+      ATTNFAST_BLOCK_LOOP(i, pi) {
+        b[i] = m.saved[0][n * pi + i];
+        b[pi + i] = m.saved[0][(N + n) * pi + i];
+      }
+      ATTNFAST_BLOCK_LOOP(i, pl) {
+        b[2 * pi + i] = m.saved[1][n * pl + i];
+        b[2 * pi + pl + i] = m.saved[1][(N + n) * pl + i];
+      }
+    } else {
+      ATTNFAST_BLOCK_LOOP(i, pi) {
+        b[i] = relu(m.scale[0][0] * m.sums[0].sum(0, n, i));
+        b[pi + i] = relu(m.scale[0][1] * m.sums[0].sum(1, n, i));
+      }
+      ATTNFAST_BLOCK_LOOP(i, pl) {
+        b[2 * pi + i] = relu(m.scale[1][0] * m.sums[1].sum(0, n, i));
+        b[2 * pi + pl + i] = relu(m.scale[1][1] * m.sums[1].sum(1, n, i));
+      }
     }
     __syncthreads();
     ti = b, ci = b + pi, tl = b + 2 * pi, cl = b + 2 * pi + pl;
@@ -125,10 +155,20 @@ struct SfSample {
 struct SfForward {
   SfMaps m;
   float *inner_iou, *last_iou, *consistency;
+  float* maps[2];  // saved maps out: inner, last (2 x N x P)
   static int64_t buf_floats(const SfMaps& m) { return 2 * (m.hi * m.wi + m.hl * m.wl); }
   __device__ void operator()(int64_t n, float* buf) const {
     SfSample s;
     s.build(m, n, buf);
+    const int64_t pi = m.pi(), pl = m.pl(), N = m.n_samples;
+    ATTNFAST_BLOCK_LOOP(i, pi) {
+      maps[0][n * pi + i] = s.ti[i];
+      maps[0][(N + n) * pi + i] = s.ci[i];
+    }
+    ATTNFAST_BLOCK_LOOP(i, pl) {
+      maps[1][n * pl + i] = s.tl[i];
+      maps[1][(N + n) * pl + i] = s.cl[i];
+    }
     if (threadIdx.x != 0) return;
     inner_iou[n] = iou_value(s.terms[0], s.terms[1], m.o.eps);
     last_iou[n] = iou_value(s.terms[4], s.terms[5], m.o.eps);
@@ -231,11 +271,14 @@ struct SfBackward {
   }
 };
 
+// `saved`: the saved maps of both layers (backward), or null (forward: from `sums`).
 SfMaps sf_maps(const SfLayer& inner, const SfLayer& last, const LayerPlan (&lp)[2],
-               const Partials (&sums)[2], const SfOptions<float>& o) {
+               const Partials (&sums)[2], const SfSaved* saved, const SfOptions<float>& o) {
   SfMaps m{};
+  m.n_samples = inner.geo.n;
   for (int l = 0; l < 2; ++l) {
     m.sums[l] = sums[l];
+    m.saved[l] = saved ? saved[l].maps : nullptr;
     for (int c = 0; c < 2; ++c) m.scale[l][c] = lp[l].scale[c];
   }
   m.hi = inner.geo.h, m.wi = inner.geo.w, m.hl = last.geo.h, m.wl = last.geo.w, m.o = o;
@@ -285,42 +328,39 @@ cudaError_t layer_backward(DType dt, const SfLayer& l, const LayerPlan& lp, int6
   return cudaSuccess;
 }
 
-// Plans both layers and leaves their map sums in `sums`.
-cudaError_t both_layer_sums(DType dt, const SfLayer (&layers)[2], const SfOptions<float>& o,
-                            Scratch scratch, cudaStream_t stream, LayerPlan (&lp)[2],
-                            Partials (&sums)[2]) {
-  for (int l = 0; l < 2; ++l) {
-    lp[l] = plan_layer(layers[l], o.kind, scratch);
-    ATTNFAST_CUDA_TRY(layer_sums(dt, layers[l], lp[l], o.kind, scratch, stream, &sums[l]));
-  }
-  return cudaSuccess;
-}
-
 }  // namespace
 
 cudaError_t sharpen_focus_loss(DType dt, const SfLayer& inner, const SfLayer& last,
                                const SfOptions<float>& o, float* inner_iou, float* last_iou,
-                               float* consistency, Scratch scratch, cudaStream_t stream) {
+                               float* consistency, const SfSaved& s_inner, const SfSaved& s_last,
+                               Scratch scratch, cudaStream_t stream) {
   const SfLayer layers[2] = {inner, last};
+  const SfSaved saved[2] = {s_inner, s_last};
   LayerPlan lp[2];
   Partials sums[2];
-  ATTNFAST_CUDA_TRY(both_layer_sums(dt, layers, o, scratch, stream, lp, sums));
-  const SfMaps m = sf_maps(inner, last, lp, sums, o);
-  return run_per_sample(SfForward{m, inner_iou, last_iou, consistency}, inner.geo.n,
-                        SfForward::buf_floats(m), &scratch, stream);
+  for (int l = 0; l < 2; ++l) {
+    lp[l] = plan_layer(layers[l], o.kind, saved[l].weights, scratch);
+    ATTNFAST_CUDA_TRY(layer_sums(dt, layers[l], lp[l], o.kind, scratch, stream, &sums[l]));
+  }
+  const SfMaps m = sf_maps(inner, last, lp, sums, nullptr, o);
+  return run_per_sample(
+      SfForward{m, inner_iou, last_iou, consistency, {s_inner.maps, s_last.maps}}, inner.geo.n,
+      SfForward::buf_floats(m), &scratch, stream);
 }
 
 cudaError_t sharpen_focus_loss_backward(DType dt, const float* g_inner_iou,
                                         const float* g_last_iou, const float* g_consistency,
                                         const SfLayer& inner, const SfLayer& last,
+                                        const SfSaved& s_inner, const SfSaved& s_last,
                                         const SfOptions<float>& o, const SfLayerGrads& d_inner,
                                         const SfLayerGrads& d_last, Scratch scratch,
                                         cudaStream_t stream) {
   const SfLayer layers[2] = {inner, last};
-  LayerPlan lp[2];
-  Partials sums[2];
-  ATTNFAST_CUDA_TRY(both_layer_sums(dt, layers, o, scratch, stream, lp, sums));
-  const SfMaps m = sf_maps(inner, last, lp, sums, o);
+  const SfSaved saved[2] = {s_inner, s_last};
+  const LayerPlan lp[2] = {plan_layer(inner, o.kind, s_inner.weights, scratch),
+                           plan_layer(last, o.kind, s_last.weights, scratch)};
+  const Partials sums[2] = {};
+  const SfMaps m = sf_maps(inner, last, lp, sums, saved, o);
   float* r[2] = {scratch.floats(2 * inner.geo.n * inner.geo.p()),
                  scratch.floats(2 * last.geo.n * last.geo.p())};
   if (!r[0] || !r[1]) return cudaErrorMemoryAllocation;

@@ -40,6 +40,31 @@ SfInputs sf_inputs(const SfLayerTensors& inner, const SfLayerTensors& last,
   return in;
 }
 
+namespace {
+// Shapes of a layer's saved maps (2 x N x H x W) and weights (2 x N x K, K = 0 for the pixel kind).
+std::array<int64_t, 4> saved_maps_shape(const SfInputs& in, int layer) {
+  const Tensor& f = in.layer[layer].f;
+  return {2, in.n, f.size(2), f.size(3)};
+}
+std::array<int64_t, 3> saved_weights_shape(const SfInputs& in, int layer) {
+  return {2, in.n, in.o.kind == kPixel ? 0 : in.layer[layer].f.size(1)};
+}
+}  // namespace
+
+SfSaved sf_new_saved(const SfInputs& in, int layer) {
+  return {at::empty(saved_maps_shape(in, layer), in.acc),
+          at::empty(saved_weights_shape(in, layer), in.acc)};
+}
+
+SfSaved sf_saved(const Tensor& maps, const Tensor& weights, const SfInputs& in, int layer,
+                 const Target& tg) {
+  static const char* const names[2][2] = {{"inner_maps", "inner_weights"},
+                                          {"last_maps", "last_weights"}};
+  const auto dt = in.acc.dtype().toScalarType();
+  return {small(maps, names[layer][0], saved_maps_shape(in, layer), dt, tg),
+          small(weights, names[layer][1], saved_weights_shape(in, layer), dt, tg)};
+}
+
 SfLayerGrads sf_layer_grads(const SfLayerTensors& inputs, const SfLayer& layer) {
   return {BigOut(inputs[0], layer.f), {BigOut(inputs[1], layer.f), BigOut(inputs[2], layer.f)}};
 }

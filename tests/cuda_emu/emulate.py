@@ -276,7 +276,13 @@ def test_sharpen_focus():
         o = (C.c_int * 3)(KINDS[kind], int(normalize), int(mask_grad))
         fo = (C.c_float * 4)(0.55, 20.0, 1.0, 1e-6)
         out = torch.empty(3 * N)
-        assert lib.emu_sharpen_focus_loss(DT[dt], geos, ptrs, flats, o, fo, P(out)) == 0
+        kw = 0 if kind == "pixel" else 1  # saved: maps 2 x N x H x W, weights 2 x N x K (channel kinds)
+        saved = [torch.empty(2, N, *si[2:]), torch.empty(2, N, *sl[2:]), torch.empty(2, N, si[1] * kw), torch.empty(2, N, sl[1] * kw)]
+        sptrs = (C.c_void_p * 4)(*[P(t).value if t.numel() else None for t in saved])
+        assert lib.emu_sharpen_focus_loss(DT[dt], geos, ptrs, flats, o, fo, P(out), sptrs) == 0
+        for j, name in enumerate(("maps_i", "maps_l")):
+            want = torch.stack([R.layer_attention(ins[3 * j].double(), ins[3 * j + 1 + c].double(), kind) for c in range(2)])
+            check(f"sf saved {name} {tag}", saved[j], want, 1e-4 if dt == torch.float32 else 2e-3)
         up = [torch.randn(N, dtype=torch.float64) for _ in range(3)]
         outs, grs = grads64(lambda *x: R.sharpen_focus_parts(*x, **opts), ins, up)
         _, grs32 = grads32(lambda *x: R.sharpen_focus_parts(*x, **opts), ins, up)
@@ -284,7 +290,7 @@ def test_sharpen_focus():
         douts = [torch.empty_like(t) for t in ins]
         dptrs = (C.c_void_p * 6)(*[P(t).value for t in douts])
         g3 = torch.cat(up).float()
-        assert lib.emu_sharpen_focus_loss_backward(DT[dt], P(g3), geos, ptrs, flats, o, fo, dptrs) == 0
+        assert lib.emu_sharpen_focus_loss_backward(DT[dt], P(g3), geos, ptrs, flats, o, fo, sptrs, dptrs) == 0
         for name, d, r, r32 in zip(("dFi", "dGti", "dGci", "dFl", "dGtl", "dGcl"), douts, grs, grs32):
             check(f"sf bwd {name} {tag}", d, r, 2e-4 if dt == torch.float32 else 3e-2, r32)
 

@@ -78,17 +78,18 @@ static void sf_layers(const int64_t* g, void* const* ptr, const int* flat, SfLay
 static SfOptions<float> sf_opts(const int* o, const float* fo) {
   return {o[0], fo[0], fo[1], fo[2], fo[3], o[1] != 0, o[2] != 0};
 }
-int emu_sharpen_focus_loss(int dt, const int64_t* g, void* const* ptr, const int* flat, const int* o, const float* fo, float* out3) {
+// saved[4]: inner maps, last maps (2 x N x P), inner weights, last weights (2 x N x K, null for pixel)
+int emu_sharpen_focus_loss(int dt, const int64_t* g, void* const* ptr, const int* flat, const int* o, const float* fo, float* out3, float* const* saved) {
   SfLayer l[2]; sf_layers(g, ptr, flat, l);
   const int64_t n = l[0].geo.n;
-  Pool p; return sharpen_focus_loss(DType(dt), l[0], l[1], sf_opts(o, fo), out3, out3 + n, out3 + 2 * n, p.h(), nullptr);
+  Pool p; return sharpen_focus_loss(DType(dt), l[0], l[1], sf_opts(o, fo), out3, out3 + n, out3 + 2 * n, {saved[0], saved[2]}, {saved[1], saved[3]}, p.h(), nullptr);
 }
-int emu_sharpen_focus_loss_backward(int dt, const float* g3, const int64_t* g, void* const* ptr, const int* flat, const int* o, const float* fo, void* const* dptr) {
+int emu_sharpen_focus_loss_backward(int dt, const float* g3, const int64_t* g, void* const* ptr, const int* flat, const int* o, const float* fo, float* const* saved, void* const* dptr) {
   SfLayer l[2]; sf_layers(g, ptr, flat, l);
   const int64_t n = l[0].geo.n;
   SfLayerGrads d[2];
   for (int i = 0; i < 2; ++i) d[i].d_f = dptr[3 * i], d[i].d_g[0] = dptr[3 * i + 1], d[i].d_g[1] = dptr[3 * i + 2];
-  Pool p; return sharpen_focus_loss_backward(DType(dt), g3, g3 + n, g3 + 2 * n, l[0], l[1], sf_opts(o, fo), d[0], d[1], p.h(), nullptr);
+  Pool p; return sharpen_focus_loss_backward(DType(dt), g3, g3 + n, g3 + 2 * n, l[0], l[1], {saved[0], saved[2]}, {saved[1], saved[3]}, sf_opts(o, fo), d[0], d[1], p.h(), nullptr);
 }
 int emu_channel_spatial_attention(int dt, const int64_t* g, const void* f, const float* s, float eps, void* out, float* t) {
   Pool p; return channel_spatial_attention(DType(dt), geo(g), f, s, eps, out, t, p.h(), nullptr);

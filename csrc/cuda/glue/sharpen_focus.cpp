@@ -22,18 +22,23 @@ SfLayerGrads grads_of(const host::SfLayerGrads& d, const host::SfLayer& l) {
   return {d.df.work.data_ptr(), {dg[0], dg[1]}};
 }
 
+// The saved maps and weights of a layer (null when empty: weights of the pixel kind).
+SfSaved saved_of(const host::SfSaved& s) {
+  return {fptr(s.maps), fptr(s.weights)};
+}
+
 void run(const host::SharpenFocusLoss& a) {
   const Tensor& f = a.in.layer[0].f;
   launch(f, sharpen_focus_loss, dtype_of(f), layer_of(a.in.layer[0]), layer_of(a.in.layer[1]),
          host::options_as<float>(a.in.o), fptr(a.inner_iou), fptr(a.last_iou),
-         fptr(a.consistency));
+         fptr(a.consistency), saved_of(a.saved[0]), saved_of(a.saved[1]));
 }
 
 void run(const host::SharpenFocusLossBackward& a) {
   const host::SfLayer &inner = a.in.layer[0], &last = a.in.layer[1];
   launch(inner.f, sharpen_focus_loss_backward, dtype_of(inner.f), fptr(a.grad[0]),
          fptr(a.grad[1]), fptr(a.grad[2]), layer_of(inner), layer_of(last),
-         host::options_as<float>(a.in.o), grads_of(a.d[0], inner), grads_of(a.d[1], last));
+         saved_of(a.saved[0]), saved_of(a.saved[1]), host::options_as<float>(a.in.o), grads_of(a.d[0], inner), grads_of(a.d[1], last));
 }
 
 }  // namespace
