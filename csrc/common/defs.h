@@ -36,8 +36,14 @@ struct Layout {
 };
 
 // ReLU(x) = max(x, 0) (NaN stays NaN, as torch.relu) and its subgradient with ReLU'(0) = 0.
+// ReLU'(NaN) = 1, as torch's threshold_backward (it zeroes only where x <= 0): SPEC decision 15.
 template <class T> ATTNFAST_HD inline T relu(T x) { return x < T(0) ? T(0) : x; }
-template <class T> ATTNFAST_HD inline T relu_grad(T x) { return static_cast<T>(x > T(0)); }
+template <class T> ATTNFAST_HD inline T relu_grad(T x) { return static_cast<T>(!(x <= T(0))); }
+
+// NaN-propagating max and min (torch.amax, torch.maximum, torch.minimum; SPEC decision 15):
+// a NaN operand gives NaN whichever side it is on (std::max/fmax would drop it).
+template <class T> ATTNFAST_HD inline T nan_max(T a, T b) { return (a > b || a != a) ? a : b; }
+template <class T> ATTNFAST_HD inline T nan_min(T a, T b) { return (a < b || a != a) ? a : b; }
 
 // sigmoid(x) = 1 / (1 + exp(-x)); exp overflow gives exactly 0, never NaN.
 template <class T> ATTNFAST_HD inline T sigmoid(T x) {
@@ -49,7 +55,7 @@ template <class T> ATTNFAST_HD inline T sigmoid(T x) {
 // (Grad-CAM), and its derivative in g.
 template <class T> ATTNFAST_HD inline T weight_term(bool positive, T g) { return positive ? relu(g) : g; }
 template <class T> ATTNFAST_HD inline T weight_term_grad(bool positive, T g) {
-  return static_cast<T>(!positive || g > T(0));  // branch-free: vectorizes
+  return static_cast<T>(!positive || !(g <= T(0)));  // ReLU'(NaN) = 1; branch-free
 }
 
 // A gradient g[n,k] that is the same at every pixel (N x K grads) acts through one effective
