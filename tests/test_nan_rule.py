@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import attnfast
-from conftest import BACKENDS, DEVICE, require
+from conftest import BACKENDS, DEVICE, INTERPRETED, require
 
 NAN, INF = float("nan"), float("inf")
 N, K, H, W = 2, 3, 4, 5
@@ -102,6 +102,13 @@ def over_tiles(fn):
                                    indirect=True)(fn)
 
 
+def _slow_subset(backend, where):
+    """The interpreted Triton backend is slow: the map ops other than normalize_attention run
+    there with the NaN in the last (partial, later) chunk only; cpu runs every position."""
+    if backend == "triton" and INTERPRETED and where != P - 1:
+        pytest.skip("interpreted Triton: NaN at the last pixel only (cpu covers the others)")
+
+
 def _maps_with(value, where, seed=0):
     """N maps in [0.05, 1) with ``value`` at pixel ``where`` of sample 0 (sample 1 clean); the
     maximum of sample 0 sits next to it (pixel where + 1, or where - 1 at the end)."""
@@ -124,6 +131,7 @@ def test_normalize_attention(tiled, where, value):
 @pytest.mark.parametrize("where", PIXELS)
 @over_tiles
 def test_soft_mask(tiled, where, size):
+    _slow_subset(tiled, where)
     check_rule(tiled, lambda a: attnfast.soft_mask(a, omega=10.0, size=size),
                [_maps_with(NAN, where)])
 
@@ -132,6 +140,7 @@ def test_soft_mask(tiled, where, size):
 @pytest.mark.parametrize("where", PIXELS)
 @over_tiles
 def test_soft_iou(tiled, where, which):
+    _slow_subset(tiled, where)
     maps = [_seeded(s, N, H, W) for s in (1, 2, 3)]
     maps[which] = _planted(maps[which], where, NAN)
     check_rule(tiled, attnfast.soft_iou, maps)
@@ -141,6 +150,7 @@ def test_soft_iou(tiled, where, which):
 @pytest.mark.parametrize("where", PIXELS)
 @over_tiles
 def test_attention_consistency(tiled, where, which):
+    _slow_subset(tiled, where)
     maps = [_seeded(s, N, H, W) for s in (4, 5)]
     maps[which] = _planted(maps[which], where, NAN)
     check_rule(tiled, lambda a, m: attnfast.attention_consistency(a, m, alpha=0.9), maps)
