@@ -236,7 +236,7 @@ def _raw_mask_parts(maps, *, attention, sigma, omega, alpha, normalize, mask_gra
     """The three parts with the paper's literal mask sigmoid(omega (R(A_last_t) - sigma)) on the
     raw last-layer target map (module docstring), as a SharpenFocusOutput (loss = mean of sum)."""
     a_lt = maps["last_target"]
-    src = (a_lt if mask_grad else a_lt.detach()).float()
+    src = a_lt if mask_grad else a_lt.detach()  # the maps' dtype (decision 16: no mixing)
     size = maps["inner_target"].shape[-2:]
     up = src if tuple(size) == tuple(src.shape[-2:]) else nnf.interpolate(
         src[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
