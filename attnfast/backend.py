@@ -138,10 +138,17 @@ def resolve(device: torch.device) -> str:
     """The concrete backend the current choice means for tensors on ``device``."""
     name, dev = _state["name"], device.type
     if name == "auto":
+        if not any(dev in b.auto for b in BACKENDS.values()):
+            raise ValueError(f"attnfast ops take CPU or CUDA tensors, got {dev} tensors (the "
+                             f"'torch' backend also runs other devices: use_backend('torch'))")
         return _auto(dev)
     b = _record(name)
     if b.usable(dev):
         return name
+    served = [d for d in ("cpu", "cuda") if b.serves(d)]
+    if not b.serves(dev) and dev not in ("cpu", "cuda"):
+        raise ValueError(f"attnfast backend {name!r} runs {' and '.join(served) or 'no'} tensors, "
+                         f"not {dev} tensors; use CPU or CUDA tensors (or the 'torch' backend)")
     why = f" ({b.error()})" if b.error() else ""
     raise RuntimeError(f"attnfast backend {name!r} is not available for {dev} tensors{why}; "
                        f"to get it: {b.how}")

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from . import ops
+from ._args import count, flag, real
 from ._compat import donated_buffer_disabled
 from .capture import (FixedBatchStatistics, SupervisedWrapper, check_targets,
                       classification_loss, refuse_compiled_double_backward, resolve_layer,
@@ -74,8 +75,7 @@ class ChannelSpatialAttention(nn.Module):
 
     def __init__(self, channels, reduction=16):
         super().__init__()
-        if channels < 1 or reduction < 1:
-            raise ValueError(f"channels and reduction must be >= 1, got {channels}, {reduction}")
+        count(channels, "channels"), count(reduction, "reduction")
         hidden = max(channels // reduction, 1)
         self.fc1, self.fc2 = nn.Linear(channels, hidden), nn.Linear(hidden, channels)
 
@@ -108,6 +108,8 @@ class GGAM(SupervisedWrapper):
     def __init__(self, model, layer="layer4", *, channels, reduction=16, weight=1.0,
                  target="predicted", multilabel=False, guide="paper", per_sample_grads=False):
         super().__init__()
+        weight = real(weight, "weight", lo=0.0)
+        flag(multilabel, "multilabel"), flag(per_sample_grads, "per_sample_grads")
         if target not in ("predicted", "label"):
             raise ValueError(f"target must be 'predicted' or 'label', got {target!r}")
         if guide not in GUIDES:

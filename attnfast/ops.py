@@ -10,12 +10,12 @@ autograd. The math is ``attnfast.reference`` and docs/SPEC.md.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 
 from . import reference
+from ._args import flag, real, size_pair
 from ._layout import acc_dtype, big, small
 from ._schema import KIND_CODES
 from .backend import BACKENDS, namespace, resolve
@@ -47,6 +47,9 @@ def _tensor(t, name, dims):
         shape = {4: "N x K x H x W", 3: "N x H x W (a map)", 2: "N x K", 1: "N"}
         want = " or ".join(f"{d}-D {shape[d]}" for d in dims)
         raise ValueError(f"{name} must be {want}, got shape {tuple(t.shape)}")
+    if t.dim() >= 3 and 0 in t.shape[-2:]:
+        raise ValueError(f"{name} has an empty H x W map (shape {tuple(t.shape)}); H and W "
+                         "must be >= 1 (docs/SPEC.md decision 17)")
     return t
 
 
@@ -62,17 +65,26 @@ def _same(ref, ref_name, t, name, shape=True, dtype=True):
                         "they must match")
 
 
-def _positive(value, name):
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+def _eps(eps):
+    return real(eps, "eps", positive=True)
 
 
 def _mask_options(sigma, omega, eps):
-    if not (isinstance(sigma, (int, float)) and 0.0 <= sigma <= 1.0):
-        raise ValueError(f"sigma must be in [0, 1] (it thresholds a max-normalized map), "
-                         f"got {sigma!r}")
-    _positive(omega, "omega")
-    _positive(eps, "eps")
+    """(sigma, omega, eps) as floats: sigma in [0, 1] (it thresholds a max-normalized map)."""
+    return real(sigma, "sigma", lo=0.0, hi=1.0), real(omega, "omega", positive=True), _eps(eps)
+
+
+def _channels(features, name, what):
+    """K >= 1 where the op's value needs it (a mean over the channels)."""
+    if features.shape[1] == 0:
+        raise ValueError(f"{name} has K = 0 channels; {what} needs K >= 1 (docs/SPEC.md "
+                         "decision 17)")
+
+
+def _big(t, dt):
+    """A big tensor for the kernels: float64 is computed in float32 when mixed with lower
+    precision (docs/SPEC.md decision 16)."""
+    return big(t.to(dt) if t.dtype == torch.float64 != dt else t)
 
 
 def _features_and_weights(features, weights, name, dims):
@@ -98,19 +110,22 @@ def _ns(t):
 def channel_weights(grads, positive=True):
     """w[n,k] = mean_ij ReLU(G[n,k,i,j]) (positive) or mean_ij G[n,k,i,j] (Grad-CAM); N x K."""
     _tensor(grads, "grads", (4,))
-    return _ns(grads).channel_weights(big(grads), bool(positive))
+    return _ns(grads).channel_weights(big(grads), flag(positive, "positive"))
 
 
 def weighted_attention(features, weights):
     """A[n,i,j] = ReLU(sum_k w[n,k] F[n,k,i,j]) (CAM form); float32 map."""
     _features_and_weights(features, weights, "weights", "N x K")
-    return _ns(features).weighted_attention(big(features), small(weights, acc_dtype(features)))
+    dt = acc_dtype(features, weights)
+    f = _big(features, dt)
+    return _ns(f).weighted_attention(f, small(weights, dt))
 
 
 def channel_attention(features, grads, positive=True):
     """A_ch = weighted_attention(F, channel_weights(G, positive)) -- Sharpen Focus Eq. 3-4;
     ``positive=False`` is Grad-CAM."""
     _pair(features, grads)
+    flag(positive, "positive")
     return weighted_attention(features, channel_weights(grads, positive))
 
 
@@ -123,6 +138,7 @@ def _pair(features, grads):
 def pixel_attention(features, grads):
     """A_px[n,i,j] = ReLU((1/K) sum_k G[n,k,i,j] F[n,k,i,j]) -- Sharpen Focus Eq. 5."""
     _pair(features, grads)
+    _channels(features, "features", "pixel_attention (a mean over the channels)")
     return _ns(features).pixel_attention(big(features), big(grads))
 
 
@@ -130,28 +146,17 @@ def normalize_attention(attn, eps=EPS):
     """A[n] / (max(max_ij A[n], 0) + eps): per-sample max-normalization; an all-zero map stays
     zero (docs/SPEC.md decisions 7, 12)."""
     _tensor(attn, "attn", (3,))
-    _positive(eps, "eps")
-    return _ns(attn).normalize_attention(small(attn, acc_dtype(attn)), float(eps))
+    return _ns(attn).normalize_attention(small(attn, acc_dtype(attn)), _eps(eps))
 
 
 def soft_mask(attn_last, sigma=0.55, omega=100.0, size=None, eps=EPS):
     """M = sigmoid(omega * (R(normalize(A)) - sigma)) -- Sharpen Focus Eq. 7; R is a bilinear
     resize (align_corners=False) to ``size`` when given and different, else identity."""
     _tensor(attn_last, "attn_last", (3,))
-    _mask_options(sigma, omega, eps)
-    out_h, out_w = attn_last.shape[-2:] if size is None else _size(size)
-    return _ns(attn_last).soft_mask(small(attn_last, acc_dtype(attn_last)), float(sigma),
-                                    float(omega), out_h, out_w, float(eps))
-
-
-def _size(size):
-    try:
-        out_h, out_w = (int(s) for s in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"size must be a pair (H, W) of positive ints, got {size!r}") from None
-    if out_h <= 0 or out_w <= 0:
-        raise ValueError(f"size must be a pair (H, W) of positive ints, got {size!r}")
-    return out_h, out_w
+    sigma, omega, eps = _mask_options(sigma, omega, eps)
+    out_h, out_w = attn_last.shape[-2:] if size is None else size_pair(size)
+    return _ns(attn_last).soft_mask(small(attn_last, acc_dtype(attn_last)), sigma, omega,
+                                    out_h, out_w, eps)
 
 
 def _maps(*named):
@@ -169,17 +174,18 @@ def soft_iou(attn_a, attn_b, mask=None, eps=EPS):
     """2 sum_ij min(a, b) M / (sum_ij (a + b) + eps) per sample -- Sharpen Focus Eq. 6
     (M = 1 without a mask)."""
     dt = _maps(("attn_a", attn_a), ("attn_b", attn_b), ("mask", mask))
-    _positive(eps, "eps")
-    m = torch.ones_like(attn_a, dtype=dt) if mask is None else small(mask, dt)
-    return _ns(attn_a).soft_iou(small(attn_a, dt), small(attn_b, dt), m, float(eps))
+    eps = _eps(eps)
+    a = small(attn_a, dt)
+    m = torch.ones_like(a) if mask is None else small(mask, dt)
+    return _ns(a).soft_iou(a, small(attn_b, dt), m, eps)
 
 
 def attention_consistency(attn_inner, mask, alpha=1.0, eps=EPS):
     """L_ac = alpha - sum_ij A M / (sum_ij A + eps) per sample -- Sharpen Focus Eq. 8."""
     dt = _maps(("attn_inner", attn_inner), ("mask", mask))
-    _positive(eps, "eps")
-    return _ns(attn_inner).attention_consistency(small(attn_inner, dt), small(mask, dt),
-                                                 float(alpha), float(eps))
+    alpha, eps = real(alpha, "alpha"), _eps(eps)
+    a = small(attn_inner, dt)
+    return _ns(a).attention_consistency(a, small(mask, dt), alpha, eps)
 
 
 def _layer(prefix, features, g_target, g_confuser):
@@ -217,20 +223,25 @@ def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
         raise ValueError(f"attention must be one of {tuple(KIND_CODES)}, got {attention!r}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    _mask_options(sigma, omega, eps)
+    sigma, omega, eps = _mask_options(sigma, omega, eps)
+    alpha = real(alpha, "alpha")
+    normalize, mask_grad = flag(normalize, "normalize"), flag(mask_grad, "mask_grad")
     _layer("inner", inner_features, inner_grads_target, inner_grads_confuser)
     _layer("last", last_features, last_grads_target, last_grads_confuser)
     _same(inner_features, "inner_features", last_features, "last_features", shape=False)
     if inner_features.shape[0] != last_features.shape[0]:
         raise ValueError(f"inner_features has N = {inner_features.shape[0]} but last_features has "
                          f"N = {last_features.shape[0]}")
+    if attention == "pixel":
+        _channels(inner_features, "inner_features", 'attention="pixel"')
+        _channels(last_features, "last_features", 'attention="pixel"')
     tensors = (inner_features, inner_grads_target, inner_grads_confuser,
                last_features, last_grads_target, last_grads_confuser)
-    dt = acc_dtype(inner_features)
+    dt = acc_dtype(*tensors)
+    tensors = [_big(t, dt) if t.dim() == 4 else small(t, dt) for t in tensors]
     # _hidden: the maps and weights the backward takes again (attnfast._schema), not public
-    inner, last, cons, *_hidden = _ns(inner_features).sharpen_focus_loss(
-        *(big(t) if t.dim() == 4 else small(t, dt) for t in tensors), KIND_CODES[attention],
-        float(sigma), float(omega), float(alpha), bool(normalize), bool(mask_grad), float(eps))
+    inner, last, cons, *_hidden = _ns(tensors[0]).sharpen_focus_loss(
+        *tensors, KIND_CODES[attention], sigma, omega, alpha, normalize, mask_grad, eps)
     return SharpenFocusOutput(reference.reduce(inner + last + cons, reduction), inner, last, cons)
 
 
@@ -241,10 +252,10 @@ def channel_spatial_attention(features, channel_weights, eps=EPS):
     dtype and layout, T: float32 map).
     """
     _features_and_weights(features, channel_weights, "channel_weights", "N x C")
-    _positive(eps, "eps")
-    d, t = _ns(features).channel_spatial_attention(
-        big(features), small(channel_weights, acc_dtype(features)), float(eps))
-    return d, t
+    eps, dt = _eps(eps), acc_dtype(features, channel_weights)
+    f = _big(features, dt)
+    d, t = _ns(f).channel_spatial_attention(f, small(channel_weights, dt), eps)
+    return d.to(features.dtype), t
 
 
 def ggam_loss(channel_weights, gradcam_weights, eps=EPS):
@@ -254,7 +265,6 @@ def ggam_loss(channel_weights, gradcam_weights, eps=EPS):
     _tensor(channel_weights, "channel_weights", (2,))
     _tensor(gradcam_weights, "gradcam_weights", (2,))
     _same(channel_weights, "channel_weights", gradcam_weights, "gradcam_weights", dtype=False)
-    _positive(eps, "eps")
-    dt = acc_dtype(channel_weights, gradcam_weights)
-    return _ns(channel_weights).ggam_loss(small(channel_weights, dt), small(gradcam_weights, dt),
-                                          float(eps))
+    eps, dt = _eps(eps), acc_dtype(channel_weights, gradcam_weights)
+    s = small(channel_weights, dt)
+    return _ns(s).ggam_loss(s, small(gradcam_weights, dt), eps)

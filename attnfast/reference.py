@@ -20,8 +20,10 @@ KINDS = ("pixel", "channel", "gradcam")
 
 
 def acc_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 if any input is float64, else float32: the accumulation and result dtype."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    """float64 if every input is float64, else float32: the accumulation and result dtype
+    (docs/SPEC.md decision 16; a float64 input mixed with lower precision is computed in
+    float32)."""
+    return torch.float64 if all(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def _acc(*tensors):
@@ -81,10 +83,10 @@ def soft_mask(attn_last, sigma=0.55, omega=100.0, size=None, eps=EPS):
 
 def soft_iou(attn_a, attn_b, mask=None, eps=EPS):
     """2 sum_p min(a,b) M / (sum_p (a + b) + eps), per sample -- Sharpen Focus Eq. 6."""
-    a, b = _acc(attn_a, attn_b)
+    a, b, *m = _acc(attn_a, attn_b, *(() if mask is None else (mask,)))
     inter = torch.minimum(a, b)
-    if mask is not None:
-        inter = inter * mask.to(a.dtype)
+    if m:
+        inter = inter * m[0]
     return 2.0 * inter.sum(dim=(1, 2)) / ((a + b).sum(dim=(1, 2)) + eps)
 
 

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 
 from . import ops
+from ._args import flag, real
 from ._compat import donated_buffer_disabled
 from .capture import (LayerTap, SupervisedWrapper, check_attention, check_targets,
                       classification_loss, confusers, detach_step, layer_map,
@@ -80,6 +81,13 @@ class SharpenFocus(SupervisedWrapper):
                  part_weights=(1.0, 1.0, 1.0), mask="normalized", per_sample_grads=False):
         super().__init__()
         check_attention(attention)
+        sigma, omega, alpha = (real(sigma, "sigma", lo=0.0, hi=1.0),
+                               real(omega, "omega", positive=True), real(alpha, "alpha"))
+        weight = real(weight, "weight", lo=0.0)
+        for name, value in (("second_order", second_order), ("multilabel", multilabel),
+                            ("normalize", normalize), ("mask_grad", mask_grad),
+                            ("per_sample_grads", per_sample_grads)):
+            flag(value, name)
         self.part_weights, self.mask = _check_knobs(part_weights, mask)
         refuse_compiled_double_backward(model, "SharpenFocus", second_order)
         self.model = model
@@ -228,7 +236,7 @@ def _raw_mask_parts(maps, *, attention, sigma, omega, alpha, normalize, mask_gra
     """The three parts with the paper's literal mask sigmoid(omega (R(A_last_t) - sigma)) on the
     raw last-layer target map (module docstring), as a SharpenFocusOutput (loss = mean of sum)."""
     a_lt = maps["last_target"]
-    src = (a_lt if mask_grad else a_lt.detach()).float()
+    src = a_lt if mask_grad else a_lt.detach()  # the maps' dtype (decision 16: no mixing)
     size = maps["inner_target"].shape[-2:]
     up = src if tuple(size) == tuple(src.shape[-2:]) else nnf.interpolate(
         src[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]

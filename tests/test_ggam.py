@@ -14,7 +14,9 @@ from shapes import BIG, BIG_SMALL, FORMATS
 @pytest.mark.parametrize("backend,dtype,shape", cases(BIG, BIG_SMALL))
 def test_channel_spatial_attention(backend, dtype, shape, fmt):
     a = big(shape, dtype, fmt).abs()  # post-ReLU features, as in a CNN
-    s = torch.softmax(torch.randn(shape[:2], device=DEVICE), 1)  # the module's S
+    acc = torch.float64 if dtype == torch.float64 else torch.float32  # as the module's S:
+    s = torch.softmax(torch.randn(shape[:2], device=DEVICE), 1).to(acc)  # float64 mixed with
+    # float32 would be computed in float32 (docs/SPEC.md decision 16)
     d, t = check(attnfast.channel_spatial_attention, [a, s], backend)
     assert d.dtype == dtype and t.shape == (shape[0], *shape[2:])
     if fmt != "strided":

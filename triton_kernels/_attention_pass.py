@@ -137,7 +137,7 @@ def _map_grad(dm_ptr, m_ptr, scale, n, p, pmask, HW, RELU: tl.constexpr):
     e = tl.load(dm_ptr + n * HW + p, mask=pmask, other=0.0).to(tl.float32) * scale
     if RELU:
         m = tl.load(m_ptr + n * HW + p, mask=pmask, other=0.0)
-        e = tl.where(m > 0, e, 0.0)
+        e = tl.where(m <= 0, 0.0, e)  # ReLU' = 0 at m <= 0 (1 at NaN, as torch)
     return e
 
 

@@ -8,7 +8,9 @@ pixels, once per pass. Each pass asks ``map_chunk`` for its chunk, which returns
 or loads the chunk now, so a kernel reads the same whatever the map's size.
 Subgradients follow attnfast.reference: ties at a map's max share its gradient evenly
 (torch.amax), ties of min(a, b) split it 1/2-1/2, the clamp of the max at 0 passes the gradient
-where max >= 0.
+where max >= 0. NaN follows eager PyTorch (docs/SPEC.md decision 15): a map's max is NaN when any
+pixel is (``chunk_max``, ``nan_max``), min(a, b) is NaN when either is (``nan_min``); written with
+comparisons because tl.max / tl.maximum / tl.minimum may drop a NaN.
 """
 import numpy as np
 import triton
@@ -75,18 +77,37 @@ def map_max(tile, src, offs, BLOCK: tl.constexpr, ONE_TILE: tl.constexpr):
 
 
 @triton.jit
+def nan_max(a, b):
+    """max(a, b), NaN when a or b is (torch.maximum)."""
+    return tl.where((a > b) | (a != a), a, b)
+
+
+@triton.jit
+def nan_min(a, b):
+    """min(a, b), NaN when a or b is (torch.minimum)."""
+    return tl.where((a < b) | (a != a), a, b)
+
+
+@triton.jit
+def chunk_max(x, valid):
+    """Max of the valid x of a chunk (-inf when none); NaN when any of them is NaN."""
+    cmx = tl.max(tl.where(valid, x, -float("inf")), axis=0)
+    return cmx + tl.sum(tl.where(valid & (x != x), x, 0.0), axis=0)  # + NaN, or + 0
+
+
+@triton.jit
 def max_count(x, valid, mx, cnt):
     """Fold a chunk into the running (max, number of pixels at the max) of a map."""
-    cmx = tl.max(tl.where(valid, x, -float("inf")), axis=0)
+    cmx = chunk_max(x, valid)
     ccnt = tl.sum(tl.where(valid & (x == cmx), 1.0, 0.0), axis=0)
     cnt = tl.where(cmx > mx, ccnt, tl.where(cmx == mx, cnt + ccnt, cnt))
-    return tl.maximum(mx, cmx), cnt
+    return nan_max(cmx, mx), cnt
 
 
 @triton.jit
 def norm_den(mx, eps):
-    """max(mx, 0) + eps: the divisor of normalize_attention (mx = the map's max)."""
-    return tl.maximum(mx, 0.0) + eps
+    """max(mx, 0) + eps: the divisor of normalize_attention (mx = the map's max; NaN stays)."""
+    return tl.where(mx < 0, 0.0, mx) + eps
 
 
 @triton.jit
@@ -102,7 +123,7 @@ def tie_fold(g, x, valid, mx, cnt, g_tied, rest):
     """Fold a chunk into the running (mx, cnt, g_tied, rest) of a map for norm_grad: mx = max,
     cnt = number of pixels at mx, g_tied = sum of g over them, rest = sum of g x over the pixels
     below mx. A larger chunk max moves the old ties into rest (mx g_tied; none while cnt = 0)."""
-    cmx = tl.max(tl.where(valid, x, -float("inf")), axis=0)
+    cmx = chunk_max(x, valid)
     ccnt = tl.sum(tl.where(valid & (x == cmx), 1.0, 0.0), axis=0)
     cg, crest = tie_sums(g, x, valid, cmx)
     old = tl.where(cnt > 0, mx, 0.0) * g_tied
@@ -112,7 +133,7 @@ def tie_fold(g, x, valid, mx, cnt, g_tied, rest):
     rest += crest + tl.where(up, old, tl.where(eq, 0.0, new))
     g_tied = tl.where(up, cg, tl.where(eq, g_tied + cg, g_tied))
     cnt = tl.where(up, ccnt, tl.where(eq, cnt + ccnt, cnt))
-    return tl.maximum(mx, cmx), cnt, g_tied, rest
+    return nan_max(cmx, mx), cnt, g_tied, rest
 
 
 @triton.jit
@@ -121,10 +142,14 @@ def norm_grad(g, x, mx, cnt, g_tied, rest, eps):
     cancellation (as csrc/common/maps.h normalize_backward_add): with c = cnt ties at m,
     g_mean = g_tied / c, r_mean = rest / c (rest = sum of g x below m),
       dL/dx = (g eps + m (g - g_mean) - r_mean) / d^2  at x == m >= 0,  g / d  elsewhere
-    (= g / d - [x == m] [m >= 0] sum_p g x / (c d^2)); m < 0: d = eps is constant, g / eps."""
+    (= g / d - [x == m] [m >= 0] sum_p g x / (c d^2)); m < 0: d = eps is constant, g / eps.
+    When sum_p g x / d^2 is NaN (an Inf in the map) every pixel gets NaN, as autograd's amax
+    backward spreads it (NaN * 0)."""
     d = norm_den(mx, eps)
     tied = (g * eps + mx * (g - g_tied / cnt) - rest / cnt) / (d * d)
-    return tl.where(x == mx, tl.where(mx >= 0, tied, g / d), g / d)
+    r = tl.where(x == mx, tl.where(mx >= 0, tied, g / d), g / d)
+    spread = (rest + mx * g_tied) / (d * d)
+    return tl.where((mx >= 0) & (spread != spread), spread, r)
 
 
 @triton.jit
@@ -209,8 +234,8 @@ def resize_args(in_h, in_w, out_h, out_w):
 
 @triton.jit
 def min_share(a, b):
-    """d min(a, b) / da as torch.minimum: 1 where a < b, 1/2 at ties, 0 where a > b."""
-    return tl.where(a < b, 1.0, tl.where(a == b, 0.5, 0.0))
+    """d min(a, b) / da as torch.minimum: 1/2 at ties, 0 where a > b, else 1 (also at a NaN)."""
+    return tl.where(a == b, 0.5, tl.where(a > b, 0.0, 1.0))
 
 
 @triton.jit
@@ -219,7 +244,7 @@ def iou_grads(a, b, m, inter, den):
     common = 2.0 * inter / (den * den)
     ga = 2.0 * min_share(a, b) * m / den - common
     gb = 2.0 * min_share(b, a) * m / den - common
-    return ga, gb, 2.0 * tl.minimum(a, b) / den
+    return ga, gb, 2.0 * nan_min(a, b) / den
 
 
 @triton.jit

@@ -90,7 +90,7 @@ def _sum_splits_kernel(part_ptr, out_ptr, ref_ptr, L, nsplit, scale,
         v = relu(v)
     if EPILOGUE == 2:
         ref = tl.load(ref_ptr + n * L + offs, mask=mask, other=0.0)
-        v = tl.where(ref > 0, v, 0.0)
+        v = tl.where(ref <= 0, 0.0, v)  # ReLU'(NaN) = 1, as torch
     tl.store(out_ptr + n * L + offs, v, mask=mask)
 
 

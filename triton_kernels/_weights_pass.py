@@ -71,7 +71,7 @@ def _spread_weights_kernel(c_ptr, g_ptr, g_sn, g_sk, g_sp, dg_ptr, dg_sn, dg_sk,
         if POSITIVE:
             g = tl.load(g_ptr + offsets_like(off, g_sn, g_sk, g_sp, n, k, p, SHARED), mask=mask,
                         other=0.0)
-            d = tl.where(g > 0, d, 0.0)
+            d = tl.where(g.to(tl.float32) <= 0, 0.0, d)  # ReLU'(NaN) = 1, as torch
         tl.store(dg_ptr + off, d, mask=mask)
 
 

@@ -28,8 +28,8 @@ def _ps(src, start, offs, OPT1: tl.constexpr, OPT2: tl.constexpr):
 def _kl_terms(p, s, sum_s, eps):
     """(p', q', log p' - log q', q) of the symmetric KL."""
     q = s / sum_s
-    pc = tl.maximum(p, eps)
-    qc = tl.maximum(q, eps)
+    pc = tl.where(p < eps, eps, p)  # clamp_min keeping NaN (torch.clamp_min)
+    qc = tl.where(q < eps, eps, q)
     return pc, qc, tl.log(pc) - tl.log(qc), q
 
 

@@ -27,7 +27,7 @@ from attnfast._schema import KIND_CODES
 from ._attention_pass import Side, attention_grads, attention_maps
 from ._common import MAP, RELU_VEC, VEC, launchable, map_block, register
 from ._maps import (consistency_grads, iou_grads, load_map, map_chunk, map_tile, mask_at,
-                    max_count, norm_den, norm_grad, resize_args, sigmoid_mask, tie_sums)
+                    max_count, nan_min, norm_den, norm_grad, resize_args, sigmoid_mask, tie_sums)
 from ._weights_pass import channel_means, spread_weights
 from .normalize_attention import normalize_grad
 
@@ -120,7 +120,7 @@ def _layer_sums(tile, LOAD: tl.constexpr, src, offs, HW, den_t, den_c, BLOCK: tl
         xt, xc, m, valid = map_chunk(tile, LOAD, src, start, offs, ONE_TILE, ONE_TILE, RESIZE)
         a = xt / den_t
         b = xc / den_c
-        inter += tl.sum(tl.minimum(a, b) * m, axis=0)
+        inter += tl.sum(nan_min(a, b) * m, axis=0)
         sa += tl.sum(a, axis=0)
         sb += tl.sum(b, axis=0)
         sam += tl.sum(a * m, axis=0)

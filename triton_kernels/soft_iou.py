@@ -11,7 +11,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._common import per_sample_loss, register
-from ._maps import iou_grads, load_map, map_chunk, map_tile
+from ._maps import iou_grads, load_map, map_chunk, map_tile, nan_min
 
 
 @triton.jit
@@ -41,7 +41,7 @@ def _soft_iou_kernel(a_ptr, b_ptr, m_ptr, g_ptr, out_ptr, da_ptr, db_ptr, dm_ptr
     total = 0.0
     for start in range(0, HW, BLOCK):
         a, b, m, valid = map_chunk(tile, _pair, src, start, offs, ONE_TILE, HAS_MASK)
-        inter += tl.sum(tl.minimum(a, b) * m, axis=0)
+        inter += tl.sum(nan_min(a, b) * m, axis=0)
         total += tl.sum(a + b, axis=0)
     den = total + eps
     if GRAD:

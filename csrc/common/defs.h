@@ -36,8 +36,16 @@ struct Layout {
 };
 
 // ReLU(x) = max(x, 0) (NaN stays NaN, as torch.relu) and its subgradient with ReLU'(0) = 0.
+// ReLU'(NaN) = 1, as torch's threshold_backward (it zeroes only where x <= 0): SPEC decision 15.
 template <class T> ATTNFAST_HD inline T relu(T x) { return x < T(0) ? T(0) : x; }
-template <class T> ATTNFAST_HD inline T relu_grad(T x) { return static_cast<T>(x > T(0)); }
+// g ReLU'(x) as torch's threshold_backward computes it: a select, not a product, so that a NaN
+// (or Inf) upstream g gives 0 where x <= 0 instead of NaN * 0 = NaN.
+template <class T> ATTNFAST_HD inline T relu_backward(T g, T x) { return x <= T(0) ? T(0) : g; }
+
+// NaN-propagating max and min (torch.amax, torch.maximum, torch.minimum; SPEC decision 15):
+// a NaN operand gives NaN whichever side it is on (std::max/fmax would drop it).
+template <class T> ATTNFAST_HD inline T nan_max(T a, T b) { return (a > b || a != a) ? a : b; }
+template <class T> ATTNFAST_HD inline T nan_min(T a, T b) { return (a < b || a != a) ? a : b; }
 
 // sigmoid(x) = 1 / (1 + exp(-x)); exp overflow gives exactly 0, never NaN.
 template <class T> ATTNFAST_HD inline T sigmoid(T x) {
@@ -48,18 +56,20 @@ template <class T> ATTNFAST_HD inline T sigmoid(T x) {
 // Per-element term of the channel weights: ReLU(g) (positive, Sharpen Focus A_ch) or g
 // (Grad-CAM), and its derivative in g.
 template <class T> ATTNFAST_HD inline T weight_term(bool positive, T g) { return positive ? relu(g) : g; }
-template <class T> ATTNFAST_HD inline T weight_term_grad(bool positive, T g) {
-  return static_cast<T>(!positive || g > T(0));  // branch-free: vectorizes
+// d * d(weight_term)/dg, a select like relu_backward.
+template <class T> ATTNFAST_HD inline T weight_term_backward(bool positive, T d, T g) {
+  return positive && g <= T(0) ? T(0) : d;
 }
 
 // A gradient g[n,k] that is the same at every pixel (N x K grads) acts through one effective
 // channel weight: pixel A = ReLU(sum_k (g/K) F) -> g/K; channel mean_p ReLU(g) -> ReLU(g);
-// gradcam mean_p g -> g. `const_grad_weight_grad` is d(weight)/dg.
+// gradcam mean_p g -> g. `const_grad_weight_backward` is d * d(weight)/dg.
 template <class T> ATTNFAST_HD inline T const_grad_weight(int64_t kind, T g, T inv_k) {
   return kind == kPixel ? g * inv_k : weight_term(kind == kChannel, g);
 }
-template <class T> ATTNFAST_HD inline T const_grad_weight_grad(int64_t kind, T g, T inv_k) {
-  return kind == kPixel ? inv_k : weight_term_grad(kind == kChannel, g);
+template <class T>
+ATTNFAST_HD inline T const_grad_weight_backward(int64_t kind, T d, T g, T inv_k) {
+  return kind == kPixel ? d * inv_k : weight_term_backward(kind == kChannel, d, g);
 }
 
 }  // namespace attnfast

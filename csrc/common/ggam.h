@@ -11,7 +11,8 @@
 
 namespace attnfast {
 
-template <class T> ATTNFAST_HD inline T clamp_eps(T x, T eps) { return x >= eps ? x : eps; }
+// max(x, eps) with NaN kept (torch.clamp_min); its gradient passes where x >= eps (never NaN).
+template <class T> ATTNFAST_HD inline T clamp_eps(T x, T eps) { return x < eps ? eps : x; }
 
 template <class T> ATTNFAST_HD inline T sigmoid_sum(const T* beta, int64_t K) {
   T s = T(0);

@@ -21,10 +21,10 @@ template <class T> ATTNFAST_HD inline void fill(T* x, int64_t n, T v) {
   for (int64_t i = 0; i < n; ++i) x[i] = v;
 }
 
-// max_p a_p (the first value for P = 1; 0 for P = 0).
+// max_p a_p (the first value for P = 1; 0 for P = 0); NaN when any a_p is (torch.amax).
 template <class T> ATTNFAST_HD inline T map_max(const T* a, int64_t P) {
   T m = P > 0 ? a[0] : T(0);
-  for (int64_t p = 1; p < P; ++p) m = a[p] > m ? a[p] : m;
+  for (int64_t p = 1; p < P; ++p) m = nan_max(a[p], m);
   return m;
 }
 
@@ -45,6 +45,10 @@ template <class T> ATTNFAST_HD inline void normalize(const T* a, int64_t P, T ep
 template <class T>
 ATTNFAST_HD inline void normalize_backward_add(const T* g, const T* a, int64_t P, T eps, T* da) {
   const T m = map_max(a, P);
+  if (m != m) {  // a NaN max: d is NaN, so is every gradient (as autograd of the reference)
+    for (int64_t p = 0; p < P; ++p) da[p] += m;
+    return;
+  }
   if (!(m >= T(0))) {
     for (int64_t p = 0; p < P; ++p) da[p] += g[p] / eps;
     return;
@@ -61,6 +65,11 @@ ATTNFAST_HD inline void normalize_backward_add(const T* g, const T* a, int64_t P
     }
   }
   const T g_mean = g_tied / T(ties), r_mean = rest / T(ties), d2 = d * d;
+  const T spread = (rest + m * g_tied) / d2;  // d L / d(max): NaN for an Inf in the map, and
+  if (spread != spread) {                     // autograd's amax backward spreads it (NaN * 0)
+    for (int64_t p = 0; p < P; ++p) da[p] += spread;
+    return;
+  }
   for (int64_t p = 0; p < P; ++p)
     da[p] += a[p] == m ? (g[p] * eps + m * (g[p] - g_mean) - r_mean) / d2 : g[p] / d;
 }
@@ -147,9 +156,10 @@ ATTNFAST_HD inline void soft_mask_backward_add(const T* g, const T* a, int64_t h
   normalize_backward_add(du, a, h * w, eps, da);
 }
 
-// d min(a, b) / da: 1 if a < b, 1/2 on a tie, else 0.
+// d min(a, b) / da: 1 if a < b, 1/2 on a tie, 0 if a > b; 1 when either is NaN (neither
+// comparison holds), as the autograd of torch.minimum.
 template <class T> ATTNFAST_HD inline T min_grad(T a, T b) {
-  return a < b ? T(1) : (a == b ? T(0.5) : T(0));
+  return a == b ? T(0.5) : (a > b ? T(0) : T(1));
 }
 
 // Soft-IoU; `m` may be null (M = 1).
@@ -157,7 +167,7 @@ template <class T>
 ATTNFAST_HD inline T soft_iou(const T* a, const T* b, const T* m, int64_t P, T eps) {
   T inter = T(0), total = T(0);
   for (int64_t p = 0; p < P; ++p) {
-    const T mn = a[p] < b[p] ? a[p] : b[p];
+    const T mn = nan_min(a[p], b[p]);
     inter += m ? mn * m[p] : mn;
     total += a[p] + b[p];
   }
@@ -171,7 +181,7 @@ ATTNFAST_HD inline void soft_iou_backward_add(T g, const T* a, const T* b, const
                                               T eps, T* da, T* db, T* dm) {
   T inter = T(0), total = T(0);
   for (int64_t p = 0; p < P; ++p) {
-    const T mn = a[p] < b[p] ? a[p] : b[p];
+    const T mn = nan_min(a[p], b[p]);
     inter += m ? mn * m[p] : mn;
     total += a[p] + b[p];
   }
@@ -180,7 +190,7 @@ ATTNFAST_HD inline void soft_iou_backward_add(T g, const T* a, const T* b, const
     const T mp = m ? m[p] : T(1);
     da[p] += gi * mp * min_grad(a[p], b[p]) + gs;
     db[p] += gi * mp * min_grad(b[p], a[p]) + gs;
-    if (dm) dm[p] += gi * (a[p] < b[p] ? a[p] : b[p]);
+    if (dm) dm[p] += gi * nan_min(a[p], b[p]);
   }
 }
 

@@ -34,7 +34,7 @@ void run(const host::ChannelWeightsBackward& a) {
       const int64_t base = n * b.L.sn;
       visit(b.L, k0, k1, 0, b.P, [&](int64_t k, int64_t, int64_t off) {
         d[base + off] = static_cast<scalar_t>(
-            u[k - k0] * weight_term_grad(a.positive, static_cast<acc_t>(g[base + off])));
+            weight_term_backward(a.positive, u[k - k0], static_cast<acc_t>(g[base + off])));
       });
     });
   });

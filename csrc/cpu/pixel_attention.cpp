@@ -35,7 +35,7 @@ void run(const host::PixelAttentionBackward& a) {
     parallel_blocks(b.N, b.P, kBlock, kBlock * b.K, [&](int64_t n, int64_t p0, int64_t p1) {
       acc_t e[kBlock];
       for (int64_t p = p0; p < p1; ++p)
-        e[p - p0] = up[n * b.P + p] * relu_grad(ap[n * b.P + p]) / static_cast<acc_t>(b.K);
+        e[p - p0] = relu_backward(up[n * b.P + p], ap[n * b.P + p]) / static_cast<acc_t>(b.K);
       const int64_t base = n * b.L.sn;
       visit(b.L, 0, b.K, p0, p1, [&](int64_t, int64_t p, int64_t off) {
         const acc_t fv = static_cast<acc_t>(f[base + off]), gv = static_cast<acc_t>(g[base + off]);

@@ -120,7 +120,7 @@ void class_weights_backward(const Layer<S, A>& ly, int c, int64_t n, A* r) {
   if (ly.g2[c]) {
     for (int64_t k = 0; k < K; ++k) {
       const int64_t i = n * K + k;
-      ly.dg2[c][i] = r[k] * const_grad_weight_grad(ly.kind, ly.g2[c][i], A(1) / A(K));
+      ly.dg2[c][i] = const_grad_weight_backward(ly.kind, r[k], ly.g2[c][i], A(1) / A(K));
     }
     return;
   }
@@ -130,7 +130,7 @@ void class_weights_backward(const Layer<S, A>& ly, int c, int64_t n, A* r) {
   S* dg = ly.dg[c] + base;
   for (int64_t k = 0; k < K; ++k) r[k] /= A(ly.P);
   visit(ly.L, 0, K, 0, ly.P, [&](int64_t k, int64_t, int64_t off) {
-    dg[off] = static_cast<S>(r[k] * weight_term_grad(positive, static_cast<A>(g[off])));
+    dg[off] = static_cast<S>(weight_term_backward(positive, r[k], static_cast<A>(g[off])));
   });
 }
 
@@ -143,8 +143,8 @@ void layer_backward(const Layer<S, A>& ly, int64_t n, const A* w, const A* a0, c
   const int64_t K = ly.K, P = ly.P, base = n * ly.L.sn;
   const A s0 = ly.px[0] ? A(1) / A(K) : A(1), s1 = ly.px[1] ? A(1) / A(K) : A(1);
   for (int64_t p = 0; p < P; ++p) {
-    e0[p] = e0[p] * relu_grad(a0[p]) * s0;
-    e1[p] = e1[p] * relu_grad(a1[p]) * s1;
+    e0[p] = relu_backward(e0[p], a0[p]) * s0;
+    e1[p] = relu_backward(e1[p], a1[p]) * s1;
   }
   fill(r, 2 * K, A(0));
   const S *f = ly.f + base, *g0 = at_sample(ly.g[0], base), *g1 = at_sample(ly.g[1], base);

@@ -39,7 +39,7 @@ void run(const host::WeightedAttentionBackward& a) {
       const int64_t base = n * b.L.sn;
       const acc_t *gn = gp + n * b.P, *an = ap + n * b.P, *wn = wp + n * b.K;
       visit(b.L, k0, k1, 0, b.P, [&](int64_t k, int64_t p, int64_t off) {
-        const acc_t e = gn[p] * relu_grad(an[p]);
+        const acc_t e = relu_backward(gn[p], an[p]);
         r[k - k0] += e * static_cast<acc_t>(f[base + off]);
         df[base + off] = static_cast<scalar_t>(e * wn[k]);
       });

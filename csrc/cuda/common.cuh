@@ -114,7 +114,8 @@ struct Sum {
 };
 // max that keeps the first operand unless the second is larger (NaN never wins), as map_max.
 struct Max {
-  __device__ __forceinline__ float operator()(float a, float b) const { return b > a ? b : a; }
+  // NaN-propagating, as torch.amax (SPEC decision 15): a NaN on either side wins.
+  __device__ __forceinline__ float operator()(float a, float b) const { return nan_max(b, a); }
 };
 
 // Butterfly over the `width` lanes of each lane group: every lane ends with the same value (a

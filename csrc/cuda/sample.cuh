@@ -50,7 +50,7 @@ cudaError_t run_per_sample(const Body& body, int64_t n, int64_t buf_floats,
 }
 
 // ---------------------------------------------------------------- normalize
-// mx = max_p a_p (NaN never wins; -inf for P = 0), d = max(mx, 0) + eps, as maps.h.
+// mx = max_p a_p (NaN when any a_p is; -inf for P = 0), d = max(mx, 0) + eps, as maps.h.
 struct MapStat {
   float mx, d;
 };
@@ -82,8 +82,9 @@ __device__ __forceinline__ MapStat map_stat(const float* a, int64_t P, float eps
 ATTNFAST_HD inline float norm_share(const MapStat& s, float dot, float ties) {
   return s.mx >= 0.f && ties > 0.f ? -dot / (s.d * s.d) / ties : 0.f;
 }
+// A NaN share (an Inf in the map) reaches every pixel, as autograd's amax backward (NaN * 0).
 ATTNFAST_HD inline float norm_grad(float g, float a, const MapStat& s, float share) {
-  return g / s.d + (a == s.mx ? share : 0.f);
+  return g / s.d + (a == s.mx || share != share ? share : 0.f);
 }
 
 // ---------------------------------------------------------------- soft mask
@@ -171,7 +172,7 @@ ATTNFAST_HD inline IouGrad iou_grad(float g, float inter, float total, float eps
   const float s = total + eps;
   return {2.f * g / s, -2.f * g * inter / (s * s)};
 }
-ATTNFAST_HD inline float min2(float a, float b) { return a < b ? a : b; }
+ATTNFAST_HD inline float min2(float a, float b) { return nan_min(a, b); }  // NaN wins
 ATTNFAST_HD inline float iou_grad_a(const IouGrad& c, float a, float b, float m) {
   return c.gi * m * min_grad(a, b) + c.gs;
 }

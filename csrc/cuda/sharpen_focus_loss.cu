@@ -256,17 +256,17 @@ struct SfBackward {
     // r = dLoss/dA [A > 0] scale
     ATTNFAST_BLOCK_LOOP(i, pi) {
       const PixelGrads d = inner(i, mask);
-      r_inner[n * pi + i] = unnormalize(d.da, s.ti[i], 0) * relu_grad(s.ti[i]) * m.scale[0][0];
+      r_inner[n * pi + i] = relu_backward(unnormalize(d.da, s.ti[i], 0), s.ti[i]) * m.scale[0][0];
       r_inner[(n_samples + n) * pi + i] =
-          unnormalize(d.db, s.ci[i], 1) * relu_grad(s.ci[i]) * m.scale[0][1];
+          relu_backward(unnormalize(d.db, s.ci[i], 1), s.ci[i]) * m.scale[0][1];
     }
     ATTNFAST_BLOCK_LOOP(i, pl) {
       const PixelGrads d = last(i, mask);
       float dt = unnormalize(d.da, s.tl[i], 2);
       if (m.o.mask_grad) dt += norm_grad(du[i], s.tl[i], s.st[2], share_mask);
-      r_last[n * pl + i] = dt * relu_grad(s.tl[i]) * m.scale[1][0];
+      r_last[n * pl + i] = relu_backward(dt, s.tl[i]) * m.scale[1][0];
       r_last[(n_samples + n) * pl + i] =
-          unnormalize(d.db, s.cl[i], 3) * relu_grad(s.cl[i]) * m.scale[1][1];
+          relu_backward(unnormalize(d.db, s.cl[i], 3), s.cl[i]) * m.scale[1][1];
     }
   }
 };
@@ -291,7 +291,7 @@ __global__ void __launch_bounds__(kThreads) flat_grad_kernel(const float* dw, co
                                                              int64_t kind, float inv_k) {
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * kThreads)
-    dg[i] = dw[i] * const_grad_weight_grad(kind, g[i], inv_k);
+    dg[i] = const_grad_weight_backward(kind, dw[i], g[i], inv_k);
 }
 
 // The layer's input gradients from r (2 x N x P): dF, dG of big classes, dw -> dG of small ones.

@@ -78,7 +78,7 @@ template <class T_> struct ScatterOp {
     for (int j = 0; j < 2; ++j) {
       if (!r[j]) continue;
       out.v[j] = r[j][np] * scale[j];
-      if (gate[j]) out.v[j] *= relu_grad(gate[j][np]);
+      if (gate[j]) out.v[j] = relu_backward(out.v[j], gate[j][np]);
     }
     return out;
   }
@@ -145,7 +145,7 @@ template <class T_> struct WeightsBackwardOp {
   __device__ __forceinline__ void element(const Chan& ch, const Pix&, const float* x, float* y,
                                           float*) const {
 #pragma unroll
-    for (int j = 0; j < 2; ++j) y[j] = ch.v[j] * weight_term_grad(positive, x[j]);
+    for (int j = 0; j < 2; ++j) y[j] = weight_term_backward(positive, ch.v[j], x[j]);
   }
   __device__ __forceinline__ void epilogue(int, int64_t, int64_t, float) const {}
 };

@@ -73,6 +73,7 @@ struct PixelAttention {
 template <const Target& tg, Kernel<PixelAttention> kernel>
 Tensor pixel_attention(const Tensor& features, const Tensor& grads) {
   const BigCall c(features, "features", tg);
+  check_channels(c.f, "features", "pixel_attention", tg);
   const PixelAttention a{c.f, c.big(grads, "grads"), c.new_map()};
   kernel(a);
   return a.attn;
@@ -86,6 +87,7 @@ template <const Target& tg, Kernel<PixelAttentionBackward> kernel>
 Tensor2 pixel_attention_backward(const Tensor& grad, const Tensor& features, const Tensor& grads,
                                  const Tensor& attn) {
   const BigCall c(features, "features", tg);
+  check_channels(c.f, "features", "pixel_attention", tg);
   const PixelAttentionBackward a{c.map(grad, "grad"), c.f, c.big(grads, "grads"),
                                  c.map(attn, "attn"), c.grad_of(features), c.grad_of(grads)};
   kernel(a);

@@ -31,8 +31,20 @@ Tensor small(const Tensor& t, const char* name, at::IntArrayRef want, at::Scalar
   return t.to(dtype).contiguous();
 }
 
+void check_spatial(const Tensor& t, const char* name, const Target& tg) {
+  TORCH_CHECK_VALUE(t.size(-2) > 0 && t.size(-1) > 0, tg.prefix, name,
+                    " has an empty H x W map (shape ", t.sizes(),
+                    "); H and W must be >= 1 (docs/SPEC.md decision 17)");
+}
+
+void check_channels(const Tensor& t, const char* name, const char* what, const Target& tg) {
+  TORCH_CHECK_VALUE(t.size(1) > 0, tg.prefix, name, " has K = 0 channels; ", what,
+                    " needs K >= 1 (docs/SPEC.md decision 17)");
+}
+
 Tensor map_in(const Tensor& t, const char* name, const Target& tg) {
   check_dim(t, name, 3, "N x H x W (a map)", tg);
+  check_spatial(t, name, tg);
   return t.to(acc_dtype({t}, tg)).contiguous();
 }
 
@@ -80,6 +92,7 @@ static void check_big(const Tensor& t, const char* name, const Target& tg) {
   TORCH_CHECK(ok, tg.prefix, name, " must be ",
               tg.float64 ? "float16, bfloat16, float32 or float64" : "float16, bfloat16 or float32",
               ", got ", dt, tg.float64 ? "" : " (float64 runs on the 'torch' and 'cpu' backends)");
+  check_spatial(t, name, tg);
 }
 
 BigCall::BigCall(const Tensor& lead, const char* lead_name, const Target& target)

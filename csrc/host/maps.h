@@ -58,8 +58,8 @@ struct SoftMask {
 };
 inline Tensor mask_input(const Tensor& attn, int64_t out_h, int64_t out_w, const Target& tg) {
   const Tensor a = map_in(attn, "attn", tg);
-  TORCH_CHECK(out_h > 0 && out_w > 0, tg.prefix, "soft_mask output size must be positive, got (",
-              out_h, ", ", out_w, ")");
+  TORCH_CHECK_VALUE(out_h > 0 && out_w > 0, tg.prefix,
+                    "soft_mask output size must be positive, got (", out_h, ", ", out_w, ")");
   return a;
 }
 

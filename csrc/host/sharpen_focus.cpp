@@ -35,6 +35,8 @@ SfInputs sf_inputs(const SfLayerTensors& inner, const SfLayerTensors& last,
               fi.scalar_type(), " but last_features has dtype ", fl.scalar_type());
   TORCH_CHECK(fi.device() == fl.device(), tg.prefix, "inner_features is on ", fi.device(),
               " but last_features is on ", fl.device());
+  if (o.kind == kPixel)
+    for (int l = 0; l < 2; ++l) check_channels(in.layer[l].f, kNames[l][0], "kind pixel", tg);
   in.n = fi.size(0);
   in.acc = fi.options().dtype(acc_dtype({fi}, tg));
   return in;
