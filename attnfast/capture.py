@@ -5,7 +5,7 @@ Features are captured with forward hooks on named layers (``model.named_modules(
 class-score gradients are taken with ``torch.autograd.grad`` w.r.t. those features only, so no
 parameter ``.grad`` is ever touched. The class score of a batch is S = sum_n Y[n, c_n] (single
 label) or S = sum_n sum_c T[n, c] Y[n, c] (multi-hot T), and G = dS/dF is taken with an upstream
-gradient of ones (SPEC decision 9), never scaled by the batch's summed logit.
+gradient of ones (docs/SPEC.md decision 9), never scaled by the batch's summed logit.
 
 What G[n] is depends on whether samples interact after F:
 

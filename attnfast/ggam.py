@@ -1,8 +1,9 @@
 """GGAM (Xu et al. 2021) around any model whose layers are named.
 
 After ``layer`` the channel attention S = softmax_c(W2 ReLU(W1 GAP(A) + b1) + b2) (the paper's
-Eq. 1: a distribution over the C channels) and the channel-spatial op give D = A * T (SPEC),
-passed on as (H W) * D (T sums to 1 over the pixels; see ChannelSpatialAttention). The loss adds
+Eq. 1: a distribution over the C channels) and the channel-spatial op give D = A * T, passed
+on as (H W) * D (docs/SPEC.md decision 13: T sums to 1 over the pixels; see
+ChannelSpatialAttention). The loss adds
 ``weight * mean_n ggam_loss(S, guide(beta))``, beta = Grad-CAM channel weights
 (mean_ij dY^c/dA) of the predicted (or labelled) class w.r.t. the module input A, detached;
 ggam_loss compares S with q = sigmoid(b) / sum_k sigmoid(b) by a symmetric KL (Eq. 5).

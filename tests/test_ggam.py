@@ -77,7 +77,7 @@ def test_module_output_is_a_times_t_times_hw():
     with attnfast.use_backend("torch"):
         out, s, t = m(a)
     b = a * s[:, :, None, None]
-    want_t = b.sum(1) / (b.sum(dim=(1, 2, 3))[:, None, None] + 1e-6)  # SPEC eps
+    want_t = b.sum(1) / (b.sum(dim=(1, 2, 3))[:, None, None] + 1e-6)  # docs/SPEC.md eps
     torch.testing.assert_close(t, want_t, rtol=1e-9, atol=0)
     torch.testing.assert_close(out, a * want_t[:, None] * (4 * 5), rtol=1e-9, atol=0)
 

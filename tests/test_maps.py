@@ -58,7 +58,7 @@ def _grads(backend, fn, *xs):
 
 @pytest.mark.parametrize("backend", BACKENDS + ["torch"])
 def test_min_ties_split_half(backend):
-    """min(a, b) at a == b sends half the gradient to each side (SPEC decision 6)."""
+    """min(a, b) at a == b sends half the gradient to each side (docs/SPEC.md decision 6)."""
     a = torch.tensor([[[1.0, 2.0], [3.0, 0.5]]], device=DEVICE)
     b = torch.tensor([[[1.0, 1.0], [4.0, 0.5]]], device=DEVICE)
     ga, gb = _grads(backend, lambda a, b: attnfast.soft_iou(a, b), a, b)
@@ -71,7 +71,7 @@ def test_min_ties_split_half(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS + ["torch"])
 def test_max_ties_split_evenly(backend):
-    """Ties at the max share the max's gradient evenly, as torch.amax (SPEC decision 6)."""
+    """Ties at the max share the max's gradient evenly, as torch.amax (docs/SPEC.md decision 6)."""
     a = torch.tensor([[[2.0, 1.0], [2.0, 0.0]]], device=DEVICE)
     (g,) = _grads(backend, attnfast.normalize_attention, a)
     d = 2.0 + 1e-6

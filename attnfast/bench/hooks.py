@@ -9,8 +9,8 @@ from .. import reference
 class HooksSharpenFocus:
     """The approach of public Sharpen Focus code, written here from its description: a forward
     with forward hooks keeping the inner and last features; a full ``.backward()`` of the target
-    score and another of the confuser score (gradient of ones, SPEC decision 9), each captured
-    at the two layers by a module full-backward hook, the parameter gradients cleared after
+    score and another of the confuser score (gradient of ones, docs/SPEC.md decision 9), each
+    captured at the two layers by a module full-backward hook, the parameter gradients cleared after
     each; then the eager attention loss on the captured (detached, first-order) gradients and
     the loss backward."""
 

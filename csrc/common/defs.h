@@ -1,5 +1,5 @@
 // Framework-free basics shared by the CPU and CUDA kernels: the host/device qualifier, the
-// element layout of a big N x K x (H*W) tensor, and the scalar subgradient rules of SPEC
+// element layout of a big N x K x (H*W) tensor, and the scalar subgradient rules of docs/SPEC.md
 // decision 6. No ATen here: this header compiles with a plain C++ compiler or nvcc alone.
 #pragma once
 
@@ -36,13 +36,13 @@ struct Layout {
 };
 
 // ReLU(x) = max(x, 0) (NaN stays NaN, as torch.relu) and its subgradient with ReLU'(0) = 0.
-// ReLU'(NaN) = 1, as torch's threshold_backward (it zeroes only where x <= 0): SPEC decision 15.
+// ReLU'(NaN) = 1, as torch's threshold_backward (it zeroes only where x <= 0): docs/SPEC.md decision 15.
 template <class T> ATTNFAST_HD inline T relu(T x) { return x < T(0) ? T(0) : x; }
 // g ReLU'(x) as torch's threshold_backward computes it: a select, not a product, so that a NaN
 // (or Inf) upstream g gives 0 where x <= 0 instead of NaN * 0 = NaN.
 template <class T> ATTNFAST_HD inline T relu_backward(T g, T x) { return x <= T(0) ? T(0) : g; }
 
-// NaN-propagating max and min (torch.amax, torch.maximum, torch.minimum; SPEC decision 15):
+// NaN-propagating max and min (torch.amax, torch.maximum, torch.minimum; docs/SPEC.md decision 15):
 // a NaN operand gives NaN whichever side it is on (std::max/fmax would drop it).
 template <class T> ATTNFAST_HD inline T nan_max(T a, T b) { return (a > b || a != a) ? a : b; }
 template <class T> ATTNFAST_HD inline T nan_min(T a, T b) { return (a < b || a != a) ? a : b; }

@@ -1,14 +1,14 @@
 // Per-sample map math of Sharpen Focus, framework-free (CPU and CUDA): one map is P = h * w
 // values in the accumulation type T (float, or double for float64 inputs), row-major.
 //
-//   normalize      u = a / d,  d = max(max_p a_p, 0) + eps            (SPEC decision 7)
+//   normalize      u = a / d,  d = max(max_p a_p, 0) + eps            (docs/SPEC.md decisions 7, 12)
 //   resize         bilinear, align_corners=False, as torch.nn.functional.interpolate
 //   soft mask      M = sigmoid(omega (R(normalize(a)) - sigma))        (Eq. 7)
 //   soft-IoU       v = 2 sum_p min(a,b) M / (sum_p (a + b) + eps)      (Eq. 6)
 //   consistency    v = alpha - sum_p a M / (sum_p a + eps)             (Eq. 8)
 //
 // Every `*_backward_add` ADDS the gradient of its inputs into the given buffers (callers zero
-// them), so contributions of several terms compose. Subgradients (SPEC decision 6): ties of
+// them), so contributions of several terms compose. Subgradients (docs/SPEC.md decision 6): ties of
 // min(a, b) split 1/2 - 1/2; ties at the max split evenly; the clamp of the max at 0 passes the
 // gradient where max >= 0.
 #pragma once

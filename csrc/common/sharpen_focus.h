@@ -2,7 +2,7 @@
 //
 // Inputs are the four raw attention maps: target/confuser at the inner layer (hi x wi) and at
 // the last layer (hl x wl). With n(x) = normalize(x) when `normalize`, else x:
-//   M_i = soft_mask(A_lt, size hi x wi),  M_l = soft_mask(A_lt)        (SPEC decisions 1, 4)
+//   M_i = soft_mask(A_lt, size hi x wi),  M_l = soft_mask(A_lt)        (docs/SPEC.md decisions 1, 4)
 //   inner_iou   = soft_iou(n(A_it), n(A_ic), M_i)
 //   last_iou    = soft_iou(n(A_lt), n(A_lc), M_l)
 //   consistency = alpha - sum n(A_it) M_i / (sum n(A_it) + eps)

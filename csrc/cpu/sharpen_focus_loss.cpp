@@ -1,4 +1,4 @@
-// sharpen_focus_loss, fused (SPEC "sharpen_focus_loss"). Per sample n, one read pass over each
+// sharpen_focus_loss, fused (docs/SPEC.md "sharpen_focus_loss"). Per sample n, one read pass over each
 // layer's features builds its target AND confuser maps together (after one pass over the 4-D
 // gradients for the channel weights of the channel/gradcam kinds); the map math of
 // common/sharpen_focus.h then runs in thread-local buffers. The maps are written straight into the

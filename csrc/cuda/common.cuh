@@ -114,7 +114,7 @@ struct Sum {
 };
 // max that keeps the first operand unless the second is larger (NaN never wins), as map_max.
 struct Max {
-  // NaN-propagating, as torch.amax (SPEC decision 15): a NaN on either side wins.
+  // NaN-propagating, as torch.amax (docs/SPEC.md decision 15): a NaN on either side wins.
   __device__ __forceinline__ float operator()(float a, float b) const { return nan_max(b, a); }
 };
 

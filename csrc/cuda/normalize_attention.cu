@@ -1,4 +1,4 @@
-// normalize_attention: u[n,p] = a[n,p] / d_n, d_n = max(max_p a[n,p], 0) + eps (SPEC decision 7).
+// normalize_attention: u[n,p] = a[n,p] / d_n, d_n = max(max_p a[n,p], 0) + eps (docs/SPEC.md decisions 7, 12).
 // One block per sample: a block max, then the division; the backward adds the d-term at the
 // pixels tied at the max (split evenly, as torch.amax), where the max is >= 0.
 #include "cuda/sample.cuh"

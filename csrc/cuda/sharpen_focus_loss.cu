@@ -1,4 +1,4 @@
-// sharpen_focus_loss, fused (SPEC "sharpen_focus_loss"; the math is common/sharpen_focus.h).
+// sharpen_focus_loss, fused (docs/SPEC.md "sharpen_focus_loss"; the math is common/sharpen_focus.h).
 //
 // Forward, per layer: [channel/gradcam with 4-D G: one "weights" pass over G_t and G_c] then ONE
 // "contract" pass over F (and G_t, G_c for the pixel kind) that sums both classes' maps; then ONE

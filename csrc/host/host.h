@@ -56,7 +56,7 @@ template <class Args> using Kernel = void (*)(const Args&);
 void check_device(const Tensor& t, const char* name, const Target& tg);
 void check_dim(const Tensor& t, const char* name, int64_t dim, const char* what, const Target& tg);
 void check_shape(const Tensor& t, const char* name, at::IntArrayRef want, const Target& tg);
-// ValueError unless a map (3-D) or big (4-D) tensor has H >= 1 and W >= 1 (SPEC decision 17);
+// ValueError unless a map (3-D) or big (4-D) tensor has H >= 1 and W >= 1 (docs/SPEC.md decision 17);
 // done by map_in and BigCall for every map and big input.
 void check_spatial(const Tensor& t, const char* name, const Target& tg);
 // ValueError unless the big tensor t has K >= 1 (ops that average over the channels).
