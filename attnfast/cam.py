@@ -198,7 +198,9 @@ class CAM:
             if not _feeds_head(f, self.head, logits):
                 continue
             h, wd = f.shape[-2:]
-            g = w[classes].float() / (h * wd)              # N x T x K = dY^c / dF at every pixel
+            acc = torch.float64 if f.dtype == w.dtype == torch.float64 else torch.float32
+            g = w[classes].to(acc) / (h * wd)  # N x T x K = dY^c / dF at every pixel; the ops'
+            # accumulation dtype (docs/SPEC.md decision 16), so float64 models stay float64
             if self.kind == "channel":
                 g = g.clamp_min(0)
             elif self.kind == "pixel":

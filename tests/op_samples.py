@@ -54,12 +54,12 @@ def cases(dtype=torch.float32, layout="nchw", n=2, k=3, hw=(4, 5), last=(2, 3), 
 
 def backward_args(name, args, outputs):
     """Arguments of ``<name>_backward`` after ``outputs = <name>(*args)``: a random gradient like
-    each output, the tensor inputs, the saved outputs, the non-tensor inputs."""
+    each visible output, the tensor inputs, the saved outputs, the non-tensor inputs."""
     op = OPS[name]
     outs = outputs if isinstance(outputs, tuple) else (outputs,)
     gen = torch.Generator().manual_seed(1)
     grads = [torch.randn(o.shape, generator=gen).to(o).contiguous(memory_format=_format(o))
-             for o in outs]
+             for o in outs[:len(op.visible)]]
     tensors = [x for x in args if isinstance(x, torch.Tensor)]
     options = [x for x in args if not isinstance(x, torch.Tensor)]
     return (*grads, *tensors, *(outs[i] for i in op.saved_index), *options)

@@ -153,7 +153,7 @@ def _cfg(*extra):
     ("--mask", "raw"), ("--inner-weight", "2"), ("--last-weight", "2"),
     ("--consistency-weight", "2"), ("--ramp-epochs", "1"), ("--inner-layer", "layer1"),
     ("--last-layer", "layer2"), ("--head", "none"), ("--reduction", "4"),
-    ("--ggam-target", "label"), ("--ggam-guide", "standardized"), ("--per-sample-grads", None),
+    ("--ggam-target", "label"), ("--ggam-guide", "paper"), ("--per-sample-grads", None),
     ("--amp", "bf16"), ("--channels-last", None), ("--seed", "3"), ("--data-seed", "3"),
     ("--data", "digits"), ("--image-size", "32"), ("--train-size", "64"),
     ("--test-size", "8"), ("--shortcut", "B"), ("--eval-split", "val"),
