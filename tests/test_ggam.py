@@ -12,19 +12,21 @@ from shapes import BIG, BIG_SMALL, FORMATS
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("backend,dtype,shape", cases(BIG, BIG_SMALL))
-def test_channel_spatial_attention(backend, dtype, shape, fmt, request):
-    if shape[2:] == (1, 1) and dtype in (torch.float16, torch.bfloat16):
-        # At a 1 x 1 map T = c / (c + eps) and dS = dT (1 - T) F / (c + eps) is driven by eps
-        # alone (~1e-6 relative): float32 accumulation resolves 1 - T to a few percent only, and
-        # the slack (16x the float32 reference's own error) can be smaller than that by luck of
-        # the inputs. Known limit of the C++/CUDA/Triton backward, not silenced: reported.
-        request.applymarker(pytest.mark.xfail(strict=False, reason="1 x 1 map: eps-driven dS "
-                                              "below float32 resolution of 1 - T"))
+def test_channel_spatial_attention(backend, dtype, shape, fmt):
     a = big(shape, dtype, fmt).abs()  # post-ReLU features, as in a CNN
     acc = torch.float64 if dtype == torch.float64 else torch.float32  # as the module's S:
     s = torch.softmax(torch.randn(shape[:2], device=DEVICE), 1).to(acc)  # float64 mixed with
     # float32 would be computed in float32 (docs/SPEC.md decision 16)
-    d, t = check(attnfast.channel_spatial_attention, [a, s], backend)
+    try:
+        d, t = check(attnfast.channel_spatial_attention, [a, s], backend)
+    except AssertionError:
+        if shape[2:] == (1, 1) and dtype in (torch.float16, torch.bfloat16):
+            # At a 1 x 1 map T = c / (c + eps) and dS = dT (1 - T) F / (c + eps) is driven by
+            # eps alone: float32 accumulation resolves 1 - T to a few percent only, and the
+            # slack (16x the float32 reference's own error) can be smaller than that by luck of
+            # the inputs. A known limit of the kernels' backward, reported, not silenced.
+            pytest.xfail("1 x 1 map: eps-driven dS below float32's resolution of 1 - T")
+        raise
     assert d.dtype == dtype and t.shape == (shape[0], *shape[2:])
     if fmt != "strided":
         assert d.stride() == a.stride(), "D must come back in the input's layout"
