@@ -101,8 +101,8 @@ def _every_op(f, g, g2, fl, gl, gl2, w, s, a, b, m):
     attn = ops.pixel_attention(f, g) + ops.weighted_attention(f, ops.channel_weights(g, True))
     norm = ops.normalize_attention(attn, eps)
     mask = ops.soft_mask(norm, 0.55, 100.0, a.shape[1], a.shape[2], eps)
-    iou, iou_l, cons = ops.sharpen_focus_loss(f, g, g2, fl, gl, gl2, 1, 0.55, 100.0, 1.0, True,
-                                              True, eps)
+    iou, iou_l, cons, *_saved = ops.sharpen_focus_loss(f, g, g2, fl, gl, gl2, 1, 0.55, 100.0, 1.0,
+                                                       True, True, eps)
     out, spatial = ops.channel_spatial_attention(f, s, eps)
     return (ops.soft_iou(a, b, mask, eps).sum() + ops.attention_consistency(norm, m, 1.0, eps).sum()
             + (iou + iou_l + cons).sum() + out.float().sum() + spatial.sum()
