@@ -50,12 +50,12 @@ import torch.nn.functional as nnf
 
 from . import ops
 from ._compat import donated_buffer_disabled
-from .capture import LayerTap, refuse_compiled_double_backward, resolve_layer, unwrap
+from .capture import (HEAD_NAMES, LayerTap, refuse_compiled_double_backward, resolve_layer,
+                      unwrap)
 
 __all__ = ["CAM", "CAMOutput", "KINDS", "save_overlay"]
 
 KINDS = ("gradcam", "hirescam", "pixel", "channel")
-_HEAD_NAMES = ("fc", "head", "head.fc", "classifier", "linear")
 
 
 class CAMOutput(NamedTuple):
@@ -270,7 +270,7 @@ def _find_head(model, head):
         return None, False
     modules = dict(unwrap(model).named_modules())
     if head == "auto":
-        found = [modules[n] for n in _HEAD_NAMES if isinstance(modules.get(n), nn.Linear)]
+        found = [modules[n] for n in HEAD_NAMES if isinstance(modules.get(n), nn.Linear)]
         return (found[0] if found else None), False
     module = head if isinstance(head, nn.Module) else resolve_layer(model, head)
     if not isinstance(module, nn.Linear) or all(m is not module for m in modules.values()):

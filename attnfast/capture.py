@@ -45,6 +45,9 @@ from ._compat import donated_buffer_disabled
 __all__ = ["class_attention_maps", "resolve_layer", "FixedBatchStatistics"]
 
 ATTENTION_KINDS = ("pixel", "channel", "gradcam")
+# Names under which a model's nn.Linear classifier fed by global average pooling is looked for
+# (the analytic last-layer gradient W[c] / (H W) of SharpenFocus and CAM).
+HEAD_NAMES = ("fc", "head", "head.fc", "classifier", "linear")
 
 
 # ----------------------------------------------------------------------------- layers and hooks

@@ -30,13 +30,11 @@ import torch.nn.functional as nnf
 from . import ops
 from ._args import flag, real
 from ._compat import donated_buffer_disabled
-from .capture import (LayerTap, SupervisedWrapper, check_attention, check_targets,
-                      classification_loss, confusers, detach_step, layer_map,
+from .capture import (HEAD_NAMES, LayerTap, SupervisedWrapper, check_attention,
+                      check_targets, classification_loss, confusers, detach_step, layer_map,
                       refuse_compiled_double_backward, resolve_layer, score_grads, unwrap)
 
 __all__ = ["SharpenFocus", "SharpenFocusStep"]
-
-_HEAD_CANDIDATES = ("fc", "head", "head.fc", "classifier", "linear")
 
 
 class SharpenFocusStep(NamedTuple):
@@ -108,7 +106,7 @@ class SharpenFocus(SupervisedWrapper):
         root = unwrap(self.model)
         if head == "auto":
             modules = dict(root.named_modules())
-            for name in _HEAD_CANDIDATES:
+            for name in HEAD_NAMES:
                 if isinstance(modules.get(name), nn.Linear):
                     return modules[name], name, False
             return None, None, False

@@ -29,14 +29,13 @@ every contender's last timed call are checked against attnfast's (max abs differ
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as nnf
 
 from attnfast.bench import config
-from attnfast.bench.report import environment, format_table
+from attnfast.bench.report import environment, format_table, write_json
 from attnfast.bench.timing import Timed, summarize, time_interleaved
 from attnfast.cam import CAM
 from attnfast.train import models
@@ -180,11 +179,7 @@ def main(argv=None):
             ("attnfast x", "attnfast_x", "{:.2f}"))
     print(format_table(rows, cols, 1))
     print(target)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = meta["date"][:19].replace(":", "").replace("-", "")
-    stem = out / f"cam-cpu-{a.layer}-{stamp}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    stem = write_json(result, a.out, f"cam-cpu-{a.layer}")
     md = [f"# Class activation maps: {meta['device']}", "",
           f"{meta['date']}, torch {meta['torch']}, commit {meta['commit']}"
           f"{' (dirty)' if meta['dirty'] else ''}, {meta['cpu_threads']} CPU threads, load "

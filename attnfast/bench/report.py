@@ -187,15 +187,23 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def write_json(result, out, name):
+    """``<out>/<name>-<UTC date of result["meta"]>.json``; returns that path without suffix, the
+    stem the Markdown and the plot of the same run take."""
+    stamp = result["meta"]["date"][:19].replace(":", "").replace("-", "")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{name}-{stamp}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    return stem
+
+
 def write_results(result: dict, out: Path) -> Path:
     """<out>/<device>-<dtype>[-cl]-<date>.{json,md,png}; returns the stem."""
     cfg, meta = result["config"], result["meta"]
     tag = meta["device_type"] if meta["device_type"] == "cpu" else "".join(
         c if c.isalnum() else "_" for c in meta["device"].lower()).strip("_")
-    stamp = meta["date"][:19].replace(":", "").replace("-", "")
-    stem = out / f"{tag}-{cfg['dtype']}{'-cl' if cfg['channels_last'] else ''}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    stem = write_json(result, out, f"{tag}-{cfg['dtype']}{'-cl' if cfg['channels_last'] else ''}")
     md = [f"# attnfast benchmarks: {meta['device']}", "",
           f"{meta['date']}, torch {meta['torch']}, triton {meta['triton']}, commit "
           f"{meta['commit']}{' (dirty)' if meta['dirty'] else ''}, {cfg['dtype']}"
