@@ -18,28 +18,31 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._schema import KIND_CODES, OPS
+from ._schema import KIND_CODES, LOSS_CODES, OPS
 
 _KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
+_LOSS_NAMES = {code: name for name, code in LOSS_CODES.items()}
 
 
 def _backward(name: str):
     """``<name>_backward`` of the kernel interface, by autograd of the forward ``<name>``."""
     op = OPS[name]
     n_grad, n_in, n_saved = len(op.grad_names), len(op.tensor_inputs), len(op.saved)
+    diff = [n in op.differentiable for n in op.tensor_inputs]
 
     def backward(*args):
         grads, ins = args[:n_grad], args[n_grad:n_grad + n_in]
         options = args[n_grad + n_in + n_saved:]
         with torch.enable_grad():
-            xs = [t.detach().requires_grad_() for t in ins]
+            xs = [t.detach().requires_grad_() if d else t for t, d in zip(ins, diff)]
+            wrt = [x for x, d in zip(xs, diff) if d]
             outs = globals()[name](*xs, *options)
             outs = outs if isinstance(outs, tuple) else (outs,)
             used = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
-            got = torch.autograd.grad([o for o, _ in used], xs, [g for _, g in used],
-                                      allow_unused=True) if used else [None] * n_in
-        result = tuple(_like(g, x) for g, x in zip(got, xs))
-        return result if n_in > 1 else result[0]
+            got = torch.autograd.grad([o for o, _ in used], wrt, [g for _, g in used],
+                                      allow_unused=True) if used else [None] * len(wrt)
+        result = tuple(_like(g, x) for g, x in zip(got, wrt))
+        return result if len(result) > 1 else result[0]
 
     backward.__name__ = backward.__qualname__ = f"{name}_backward"
     return backward
@@ -109,3 +112,17 @@ channel_spatial_attention_backward = _backward("channel_spatial_attention")
 
 ggam_loss = reference.ggam_loss
 ggam_loss_backward = _backward("ggam_loss")
+
+
+def guidance_loss(features, grads, boxes, rows, coverage, kind, loss, image_h, image_w, eps):
+    """Per-row losses, then the hidden maps and the channel kinds' weights (``_schema``)."""
+    attention = _KIND_NAMES[kind]
+    if coverage.numel() == 0:
+        coverage = reference.box_coverage(boxes, (image_h, image_w), features.shape[-2:])
+    a, w = reference.guidance_map(features, grads, rows, attention, weights=True)
+    out = reference.guidance_from_maps(a, coverage, _LOSS_NAMES[loss], eps)
+    w = a.new_empty((a.shape[0], 0)) if w is None or attention == "pixel" else w.detach()
+    return out, a.detach(), w
+
+
+guidance_loss_backward = _backward("guidance_loss")

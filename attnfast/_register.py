@@ -23,6 +23,7 @@ def _autograd(ns: str, name: str):
     n_args = len(op.arguments)
     tensor_idx = [i for i, (type_, _) in enumerate(op.arguments) if type_ == "Tensor"]
     other_idx = [i for i in range(n_args) if i not in tensor_idx]
+    grad_idx = [i for i, (_, name) in enumerate(op.arguments) if name in op.differentiable]
     backward_op = getattr(getattr(torch.ops, ns), f"{name}_backward")
     n_visible = len(op.visible)
 
@@ -41,18 +42,19 @@ def _autograd(ns: str, name: str):
         result = backward_op(*grads_in, *ins, *(outs[i] for i in op.saved_index), *ctx.options)
         result = result if isinstance(result, tuple) else (result,)
         it = iter(result)
-        return tuple(next(it) if i in tensor_idx else None for i in range(n_args))
+        return tuple(next(it) if i in grad_idx else None for i in range(n_args))
 
     torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=setup_context)
 
 
 def _backward_fake(name):
-    """A backward returns one gradient like each tensor input of its forward."""
+    """A backward returns one gradient like each differentiable tensor input of its forward."""
     op = OPS[name]
-    n_grad, n_in = len(op.grad_names), len(op.tensor_inputs)
+    n_grad = len(op.grad_names)
+    diff = [i for i, n in enumerate(op.tensor_inputs) if n in op.differentiable]
 
     def fake(*args):
-        grads = tuple(torch.empty_like(t) for t in args[n_grad:n_grad + n_in])
+        grads = tuple(torch.empty_like(args[n_grad + i]) for i in diff)
         return grads if len(grads) > 1 else grads[0]
     return fake
 

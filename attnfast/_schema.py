@@ -7,13 +7,15 @@ shape, dtype and device, for ``torch.compile`` tracing). The schemas of ``<op>``
 
     <op>(*inputs) -> (*outputs)
     <op>_backward(*grads of the visible outputs, *tensor inputs, *saved outputs,
-                  *non-tensor inputs) -> (one gradient per tensor input, in order)
+                  *non-tensor inputs) -> (one gradient per differentiable tensor input, in order)
 
 with ``grad`` the incoming gradient of a single visible output, ``grad_<output>`` of one of
 several. ``hidden`` outputs come last: they exist only for the backward (small intermediate
 results the forward has anyway, so that the backward need not read the big inputs again to
 rebuild them); autograd marks them non-differentiable, the backward takes no gradient of them
-and the public function in ``attnfast.ops`` does not return them.
+and the public function in ``attnfast.ops`` does not return them. ``constants`` are tensor inputs
+that take no gradient (boxes, row indices, box coverage of ``guidance_loss``): the backward returns
+nothing for them and autograd gives them None.
 ``SCHEMAS`` (op name -> schema text) lists both. ``attnfast._build`` defines these schemas in
 namespace ``attnfast`` when it loads the C++ extension (which only registers CPU kernels, and CUDA
 kernels when built with CUDA); the Triton backend
@@ -37,7 +39,9 @@ the eager ``torch`` backend (``attnfast._eager``) has the same signatures over
 
 Kernels compute in float32 (float64 for float64), return maps/losses in that dtype and input
 gradients in the dtype of the input (big-tensor gradients in the input's memory layout), and use
-64-bit index arithmetic. ``kind``: 0 = pixel, 1 = channel (positive weights), 2 = gradcam.
+64-bit index arithmetic. ``kind`` (KIND_CODES): 0 = pixel, 1 = channel (positive weights),
+2 = gradcam, 3 = ixg (input x gradient at the layer; ``guidance_loss`` only); ``loss``
+(LOSS_CODES, ``guidance_loss``): 0 = energy, 1 = l1, 2 = ppce, 3 = rrr.
 The math of every op is ``attnfast.reference`` (docs/SPEC.md).
 """
 from __future__ import annotations
@@ -47,7 +51,10 @@ from typing import Callable
 
 import torch
 
-KIND_CODES = {"pixel": 0, "channel": 1, "gradcam": 2}
+KIND_CODES = {"pixel": 0, "channel": 1, "gradcam": 2, "ixg": 3}
+SHARPEN_FOCUS_KINDS = ("pixel", "channel", "gradcam")   # the maps of Sharpen Focus Eq. 3-5
+GUIDANCE_KINDS = tuple(KIND_CODES)                        # guidance_loss takes every map
+LOSS_CODES = {"energy": 0, "l1": 1, "ppce": 2, "rrr": 3}  # guidance_loss (docs/SPEC.md)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class Op:
     fake: Callable                 # forward arguments -> empty output(s)
     saved: tuple = ()              # outputs the backward takes after the tensor inputs
     hidden: tuple = ()             # trailing outputs for the backward only: no gradient, not public
+    constants: tuple = ()          # tensor inputs that take no gradient (annotations, indices)
 
     def __post_init__(self):
         assert self.outputs[len(self.outputs) - len(self.hidden):] == self.hidden, self.name
@@ -71,6 +79,11 @@ class Op:
     @property
     def tensor_inputs(self) -> list:
         return [n for t, n in self.arguments if t == "Tensor"]
+
+    @property
+    def differentiable(self) -> list:
+        """The tensor inputs the backward returns a gradient for: all but the ``constants``."""
+        return [n for n in self.tensor_inputs if n not in self.constants]
 
     @property
     def saved_index(self) -> tuple:
@@ -95,7 +108,7 @@ class Op:
     def backward_schema(self) -> str:
         tensors = [f"Tensor {n}" for n in self.grad_names + self.tensor_inputs + list(self.saved)]
         options = [f"{t} {n}" for t, n in self.arguments if t != "Tensor"]
-        return f"({', '.join(tensors + options)}) -> {_returns(len(self.tensor_inputs))}"
+        return f"({', '.join(tensors + options)}) -> {_returns(len(self.differentiable))}"
 
 
 def _returns(n: int) -> str:
@@ -134,6 +147,17 @@ _SF_IN = ("Tensor inner_features, Tensor inner_grads_target, Tensor inner_grads_
           "float eps")
 _SF_HIDDEN = ("inner_maps", "last_maps", "inner_weights", "last_weights")
 
+def _guidance_fake(f, g, boxes, rows, coverage, kind, loss, image_h, image_w, eps):
+    """Per-row losses (R), then the hidden maps (R x h x w) and channel weights (R x K for the
+    channel and gradcam kinds, R x 0 otherwise)."""
+    r, dt = g.shape[0], _acc(f)
+    channel = kind in (KIND_CODES["channel"], KIND_CODES["gradcam"])
+    return (f.new_empty((r,), dtype=dt), f.new_empty((r, *f.shape[2:]), dtype=dt),
+            f.new_empty((r, f.shape[1] if channel else 0), dtype=dt))
+
+
+_GUIDANCE_HIDDEN = ("maps", "weights")
+
 OPS = {op.name: op for op in (
     Op("channel_weights", "Tensor grads, bool positive", ("weights",),
        fake=lambda g, positive: g.new_empty(g.shape[:2], dtype=_acc(g))),
@@ -160,6 +184,13 @@ OPS = {op.name: op for op in (
        saved=("spatial",)),
     Op("ggam_loss", "Tensor channel_weights, Tensor gradcam_weights, float eps", ("loss",),
        fake=lambda s, beta, eps: _per_sample(s)),
+    # Rows r = (image rows[r], class): F is N x K x h x w, grads R x K x h x w (or R x K), boxes
+    # R x B x 4 (image pixels; read when coverage is empty), coverage R x h x w or empty. Hidden:
+    # the raw maps A (R x h x w) and the channel kinds' weights, so the backward rebuilds no map.
+    Op("guidance_loss", "Tensor features, Tensor grads, Tensor boxes, Tensor rows, "
+       "Tensor coverage, int kind, int loss, float image_h, float image_w, float eps",
+       ("loss", *_GUIDANCE_HIDDEN), fake=_guidance_fake, saved=_GUIDANCE_HIDDEN,
+       hidden=_GUIDANCE_HIDDEN, constants=("boxes", "rows", "coverage")),
 )}
 
 FORWARD_OPS = tuple(OPS)

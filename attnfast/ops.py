@@ -17,13 +17,14 @@ import torch
 from . import reference
 from ._args import flag, real, size_pair
 from ._layout import acc_dtype, big, small
-from ._schema import KIND_CODES
+from ._schema import GUIDANCE_KINDS, KIND_CODES, LOSS_CODES, SHARPEN_FOCUS_KINDS
 from .backend import BACKENDS, namespace, resolve
 from .reference import EPS
 
 __all__ = ["SharpenFocusOutput", "attention_consistency", "channel_attention",
-           "channel_spatial_attention", "channel_weights", "ggam_loss", "normalize_attention",
-           "pixel_attention", "sharpen_focus_loss", "soft_iou", "soft_mask", "weighted_attention"]
+           "channel_spatial_attention", "channel_weights", "ggam_loss", "guidance_loss",
+           "normalize_attention", "pixel_attention", "sharpen_focus_loss", "soft_iou", "soft_mask",
+           "weighted_attention"]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -63,6 +64,15 @@ def _same(ref, ref_name, t, name, shape=True, dtype=True):
     if dtype and t.dtype != ref.dtype:
         raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}; "
                         "they must match")
+
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _choice(value, name, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
 
 
 def _eps(eps):
@@ -219,10 +229,8 @@ def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
     linear head): no N x K x H x W gradient is then built for it. Returns the reduced ``loss``
     and the per-sample parts (float32).
     """
-    if attention not in KIND_CODES:
-        raise ValueError(f"attention must be one of {tuple(KIND_CODES)}, got {attention!r}")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    _choice(attention, "attention", SHARPEN_FOCUS_KINDS)
+    _choice(reduction, "reduction", _REDUCTIONS)
     sigma, omega, eps = _mask_options(sigma, omega, eps)
     alpha = real(alpha, "alpha")
     normalize, mask_grad = flag(normalize, "normalize"), flag(mask_grad, "mask_grad")
@@ -268,3 +276,121 @@ def ggam_loss(channel_weights, gradcam_weights, eps=EPS):
     eps, dt = _eps(eps), acc_dtype(channel_weights, gradcam_weights)
     s = small(channel_weights, dt)
     return _ns(s).ggam_loss(s, small(gradcam_weights, dt), eps)
+
+
+# ------------------------------------------------------------------- guidance from boxes
+def _rows(rows, n, r, device):
+    """Row -> image index: an integer tensor of R values in [0, N) (None: row r is image r)."""
+    if rows is None:
+        if r != n:
+            raise ValueError(f"rows is needed when grads has R = {r} rows for N = {n} images")
+        return torch.arange(n, device=device)
+    if not isinstance(rows, torch.Tensor):
+        raise TypeError(f"rows must be a torch.Tensor of image indices, got {type(rows).__name__}")
+    if rows.dtype.is_floating_point or rows.dtype.is_complex or rows.dtype == torch.bool:
+        raise TypeError(f"rows must be an integer tensor of image indices, got {rows.dtype}")
+    if rows.shape != (r,):
+        raise ValueError(f"rows must be 1-D with one image index per row of grads (R = {r}), "
+                         f"got shape {tuple(rows.shape)}")
+    if rows.device != device:
+        raise ValueError(f"rows is on {rows.device} but features is on {device}")
+    if r and (int(rows.min()) < 0 or int(rows.max()) >= n):
+        raise ValueError(f"rows must index images in [0, {n}) (features has N = {n}), got "
+                         f"values in [{int(rows.min())}, {int(rows.max())}]")
+    return rows.long().contiguous()
+
+
+def _boxes(boxes, r, dt, device):
+    """R x B x 4 boxes (y0, x0, y1, x1) in image pixels: real, finite, not inverted."""
+    if not isinstance(boxes, torch.Tensor):
+        raise TypeError(f"boxes must be a torch.Tensor R x B x 4, got {type(boxes).__name__}")
+    if boxes.dtype.is_complex or boxes.dtype == torch.bool:
+        raise TypeError(f"boxes must be a real (floating or integer) tensor, got {boxes.dtype}")
+    if boxes.dim() != 3 or boxes.shape[0] != r or boxes.shape[2] != 4:
+        raise ValueError(f"boxes must be R x B x 4 (y0, x0, y1, x1) with R = {r} rows, got shape "
+                         f"{tuple(boxes.shape)}")
+    if boxes.device != device:
+        raise ValueError(f"boxes is on {boxes.device} but features is on {device}")
+    b = boxes.to(dt).contiguous()
+    if not bool(torch.isfinite(b).all()):
+        raise ValueError("boxes must be finite (pad missing boxes with empty ones, e.g. zeros)")
+    bad = (b[..., 2] < b[..., 0]) | (b[..., 3] < b[..., 1])
+    if bool(bad.any()):
+        r0, b0 = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"boxes[{r0}, {b0}] = {b[r0, b0].tolist()} is inverted: boxes are "
+                         "(y0, x0, y1, x1) with y1 >= y0 and x1 >= x0 (docs/SPEC.md decision 20)")
+    return b
+
+
+def _mask(mask, r, dt, device):
+    """A dense R x H x W mask with values in [0, 1]."""
+    _tensor(mask, "mask", (3,))
+    if mask.shape[0] != r:
+        raise ValueError(f"mask must be R x H x W with R = {r} rows, got {tuple(mask.shape)}")
+    if mask.device != device:
+        raise ValueError(f"mask is on {mask.device} but features is on {device}")
+    m = mask.to(dt)
+    if not bool(((m >= 0) & (m <= 1)).all()):
+        raise ValueError("mask values must lie in [0, 1]")
+    return m
+
+
+def guidance_loss(features, grads, boxes=None, rows=None, *, image_size=None, mask=None,
+                  attention="gradcam", loss="energy", reduction="mean", eps=EPS):
+    """Guidance of a layer's class maps by boxes (Rao et al., ICCV 2023), fused, per row r =
+    (image ``rows[r]``, class): A = the map of kind ``attention`` ("gradcam", "ixg", "pixel",
+    "channel") of F[rows[r]] and G[r]; cov = share of each layer cell inside the union of the
+    row's boxes; A+ = max(A, 0), Â = A+ / (max A+ + eps):
+
+        energy = 1 - sum(A+ cov) / sum(A+)  (1 when sum(A+) < eps);  l1 = mean |Â - cov|;
+        ppce = -sum(cov log(Â + eps)) / sum(cov)  (0 without coverage);  rrr = sum((1 - cov) A^2)
+
+    ``features`` N x K x h x w; ``grads`` R x K x h x w (G[r] = dY[rows[r], c_r] / dF) or R x K
+    (a gradient equal at every pixel: GAP + linear head); ``boxes`` R x B x 4 (y0, x0, y1, x1)
+    in pixels of an image of ``image_size`` = (H, W), half-open, clipped to the image, padded
+    with empty boxes; or instead ``mask`` R x H' x W' in [0, 1], area-averaged to h x w.
+    ``rows`` (R integers in [0, N); default: row r is image r). ``reduction``: "mean" over the
+    rows (0 for no rows), "sum", or "none" (R float32 values). Gradients reach F and G (second
+    order), never the boxes. With gradients off, 1 - energy is the energy pointing game (EPG).
+    docs/SPEC.md decisions 19-23.
+    """
+    _choice(attention, "attention", GUIDANCE_KINDS)
+    _choice(loss, "loss", tuple(LOSS_CODES))
+    _choice(reduction, "reduction", _REDUCTIONS)
+    eps = _eps(eps)
+    _tensor(features, "features", (4,))
+    _tensor(grads, "grads", (4, 2))
+    n, k, h, w = features.shape
+    r = grads.shape[0]
+    if grads.dim() == 4:
+        _same(features, "features", grads, "grads", shape=False)
+        if grads.shape[1:] != features.shape[1:]:
+            raise ValueError(f"grads must be R x K x h x w with K x h x w = {tuple(features.shape[1:])}"
+                             f" as features, got {tuple(grads.shape)}")
+    else:
+        _same(features, "features", grads, "grads", shape=False, dtype=False)
+        if grads.shape[1] != k:
+            raise ValueError(f"grads given per channel must be R x K with K = {k}, got "
+                             f"{tuple(grads.shape)}")
+    if attention == "pixel":
+        _channels(features, "features", 'attention="pixel" (a mean over the channels)')
+    if (boxes is None) == (mask is None):
+        raise ValueError("give exactly one of boxes (R x B x 4, with image_size) or mask")
+    dt = acc_dtype(features, grads) if grads.dim() == 4 else acc_dtype(features)
+    rows = _rows(rows, n, r, features.device)
+    if boxes is not None:
+        if image_size is None:
+            raise ValueError("image_size = (H, W) of the images the boxes are given in is needed")
+        img_h, img_w = size_pair(image_size, "image_size")
+        b, coverage = _boxes(boxes, r, dt, features.device), features.new_empty((0,), dtype=dt)
+    else:
+        img_h, img_w = mask.shape[-2:]
+        b = features.new_empty((r, 0, 4), dtype=dt)
+        coverage = reference.mask_coverage(_mask(mask, r, dt, features.device), (h, w)).contiguous()
+    f = _big(features, dt)
+    g = _big(grads, dt) if grads.dim() == 4 else small(grads, dt)
+    out, *_hidden = _ns(f).guidance_loss(f, g, b, rows, coverage, KIND_CODES[attention],
+                                         LOSS_CODES[loss], float(img_h), float(img_w), eps)
+    if reduction == "mean":
+        return out.sum() / max(r, 1)
+    return reference.reduce(out, reduction)

@@ -186,3 +186,100 @@ def ggam_loss(channel_weights, gradcam_weights, eps=EPS):
     p, q = torch.clamp_min(p, eps), torch.clamp_min(q, eps)
     lp, lq = torch.log(p), torch.log(q)
     return 0.5 * ((p * (lp - lq)).sum(dim=1) + (q * (lq - lp)).sum(dim=1))
+
+
+# ----------------------------------------------------------------------- guidance from boxes
+# Rao, Boehle, Parchami-Araghi, Schiele, ICCV 2023 (docs/SPEC.md "guidance_loss", decisions 19-23).
+GUIDANCE_LOSSES = ("energy", "l1", "ppce", "rrr")
+
+
+def guidance_map(features, grads, rows, kind, weights=False):
+    """A[r] (R x h x w), the map of row r = (image rows[r], its class) from F[rows[r]] and G[r]:
+    ``ixg`` sum_k G_k F_k (no ReLU), ``gradcam`` ReLU(sum_k mean_p(G_k) F_k), ``channel``
+    ReLU(sum_k mean_p(ReLU G_k) F_k), ``pixel`` ReLU((1/K) sum_k G_k F_k). ``grads`` R x K stands
+    for a gradient equal at every pixel (GAP + linear head). ``weights=True``: (A, w) as
+    ``layer_attention`` (w None for ixg)."""
+    f = features[rows.long()]
+    if kind != "ixg":
+        return layer_attention(f, grads, kind, weights)
+    f, g = _acc(f, grads)
+    a = torch.einsum("rkhw,rk->rhw", f, g) if g.dim() == 2 else (f * g).sum(dim=1)
+    return (a, None) if weights else a
+
+
+def cell_overlap(lo, hi, cells, extent):
+    """Length of [lo, hi) inside each of ``cells`` equal cells tiling [0, extent), divided by the
+    cell length: lo, hi (...) -> (..., cells). Intervals are clipped to [0, extent)."""
+    step = extent / cells
+    edges = torch.arange(cells + 1, dtype=lo.dtype, device=lo.device) * step
+    top = torch.minimum(hi[..., None], edges[1:])
+    bottom = torch.maximum(lo[..., None], edges[:-1])
+    return torch.clamp_min(top - bottom, 0.0) / step
+
+
+def box_coverage(boxes, image_size, size):
+    """cov[r, i, j]: the share of layer cell (i, j)'s image area (a cell spans H_img/h x W_img/w
+    pixels) inside the union of row r's boxes (R x B x 4, image pixels, half-open y0, x0, y1, x1;
+    clipped to the image; empty boxes cover nothing). Exact: the sorted box edges cut the image into
+    elementary rectangles, each inside the union or not (docs/SPEC.md decision 20)."""
+    (b,) = _acc(boxes)
+    (img_h, img_w), (h, w) = image_size, size
+    y0, x0 = b[..., 0].clamp(0, img_h), b[..., 1].clamp(0, img_w)
+    y1, x1 = b[..., 2].clamp(0, img_h), b[..., 3].clamp(0, img_w)
+    zero = b.new_zeros(b.shape[:1] + (1,))
+    ys = torch.cat([zero, zero + img_h, y0, y1], dim=1).sort(dim=1).values     # R x (2B + 2)
+    xs = torch.cat([zero, zero + img_w, x0, x1], dim=1).sort(dim=1).values
+    cy, cx = (ys[:, 1:] + ys[:, :-1]) / 2, (xs[:, 1:] + xs[:, :-1]) / 2      # band centres
+    inside_y = (y0[:, None] <= cy[..., None]) & (cy[..., None] < y1[:, None])  # R x bands x B
+    inside_x = (x0[:, None] <= cx[..., None]) & (cx[..., None] < x1[:, None])
+    covered = torch.einsum("rab,rcb->rac", inside_y.to(b.dtype), inside_x.to(b.dtype)) > 0
+    oy = cell_overlap(ys[:, :-1], ys[:, 1:], h, float(img_h))  # R x bands x h
+    ox = cell_overlap(xs[:, :-1], xs[:, 1:], w, float(img_w))
+    return torch.einsum("rai,rac,rcj->rij", oy, covered.to(b.dtype), ox)
+
+
+def mask_coverage(mask, size):
+    """A dense R x H x W mask (values in [0, 1], spanning the image) area-averaged to ``size``
+    = (h, w): cov[r, i, j] = mean of the mask over the image area of cell (i, j) (decision 20)."""
+    (m,) = _acc(mask)
+    (hm, wm), (h, w) = m.shape[-2:], size
+    idx_h = torch.arange(hm, dtype=m.dtype, device=m.device)
+    idx_w = torch.arange(wm, dtype=m.dtype, device=m.device)
+    ay = cell_overlap(idx_h, idx_h + 1, h, float(hm))   # Hm x h: each cell's shares sum to 1
+    ax = cell_overlap(idx_w, idx_w + 1, w, float(wm))
+    return torch.einsum("yi,ryx,xj->rij", ay, m, ax)
+
+
+def guidance_from_maps(attn, coverage, loss="energy", eps=EPS):
+    """Per-row guidance loss of maps A (R x h x w) against box coverage (R x h x w), A+ = max(A, 0),
+    Â = normalize_attention(A+) (docs/SPEC.md decisions 21-22):
+
+        energy  1 - sum(A+ cov) / sum(A+)       (1 when sum(A+) < eps)
+        l1      mean |Â - cov|
+        ppce    -sum(cov log(Â + eps)) / sum(cov)   (0 when sum(cov) = 0)
+        rrr     sum((1 - cov) A^2)
+    """
+    a, cov = _acc(attn, coverage)
+    ap = torch.relu(a)
+    if loss == "energy":
+        s = ap.sum(dim=(1, 2))
+        low = s < eps
+        inside = (ap * cov).sum(dim=(1, 2))
+        return torch.where(low, torch.ones_like(s), 1 - inside / torch.where(low, torch.ones_like(s), s))
+    if loss == "l1":
+        return (normalize_attention(ap, eps) - cov).abs().mean(dim=(1, 2))
+    if loss == "ppce":
+        c = cov.sum(dim=(1, 2))
+        boxed = c > 0
+        log = (cov * torch.log(normalize_attention(ap, eps) + eps)).sum(dim=(1, 2))
+        return torch.where(boxed, -log / torch.where(boxed, c, torch.ones_like(c)), torch.zeros_like(c))
+    if loss == "rrr":
+        return ((1 - cov) * a * a).sum(dim=(1, 2))
+    raise ValueError(f"loss must be one of {GUIDANCE_LOSSES}, got {loss!r}")
+
+
+def guidance_loss(features, grads, rows, coverage, attention="gradcam", loss="energy", eps=EPS):
+    """Per-row loss of ``guidance_from_maps(guidance_map(F, G, rows, attention), coverage)``;
+    coverage from ``box_coverage`` or ``mask_coverage`` (it carries no gradient)."""
+    return guidance_from_maps(guidance_map(features, grads, rows, attention), coverage.detach(),
+                              loss, eps)
