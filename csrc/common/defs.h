@@ -14,8 +14,9 @@
 
 namespace attnfast {
 
-// Attention kinds, as the `kind` argument of sharpen_focus_loss encodes them.
-enum Kind : int64_t { kPixel = 0, kChannel = 1, kGradcam = 2 };
+// Attention kinds, as the `kind` argument encodes them (attnfast/_schema.py KIND_CODES); kIxg
+// (input x gradient at the layer, no ReLU) is taken by guidance_loss only.
+enum Kind : int64_t { kPixel = 0, kChannel = 1, kGradcam = 2, kIxg = 3 };
 
 // The non-tensor arguments of sharpen_focus_loss (attnfast/_schema.py), in T (float, double).
 template <class T> struct SfOptions {

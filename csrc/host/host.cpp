@@ -114,4 +114,15 @@ Tensor BigCall::big(const Tensor& t, const char* t_name) const {
   return has_layout_of(t, f) ? t : at::empty_like(f).copy_(t);
 }
 
+Tensor BigCall::big_rows(const Tensor& t, const char* t_name, int64_t rows) const {
+  check_big(t, t_name, tg);
+  TORCH_CHECK(t.size(0) == rows && t.size(1) == k && t.size(2) == h && t.size(3) == w, tg.prefix,
+              t_name, " must be ", rows, " x ", k, " x ", h, " x ", w, ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == f.scalar_type(), tg.prefix, t_name, " has dtype ",
+              t.scalar_type(), " but ", name, " has dtype ", f.scalar_type());
+  TORCH_CHECK(t.device() == f.device(), tg.prefix, t_name, " is on ", t.device(), " but ", name,
+              " is on ", f.device());
+  return t.is_non_overlapping_and_dense() && pixel_strided(t) ? t : t.contiguous();
+}
+
 }  // namespace attnfast::host

@@ -100,6 +100,9 @@ struct BigCall {
   BigCall(const Tensor& lead, const char* lead_name, const Target& target);
   // Another big input: same sizes, dtype and device as f, in f's layout.
   Tensor big(const Tensor& t, const char* t_name) const;
+  // A big input of `rows` x K x H x W (same K, H, W, dtype and device as f) in its own layout
+  // when that is dense and pixel-strided (read with its own strides), else a contiguous copy.
+  Tensor big_rows(const Tensor& t, const char* t_name, int64_t rows) const;
   // Small inputs of shape N x K, N x H x W, N.
   Tensor nk(const Tensor& t, const char* t_name) const { return small(t, t_name, {n, k}, acc, tg); }
   Tensor map(const Tensor& t, const char* t_name) const {
