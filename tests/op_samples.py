@@ -49,6 +49,15 @@ def cases(dtype=torch.float32, layout="nchw", n=2, k=3, hw=(4, 5), last=(2, 3), 
                                                normalize, mask_grad, EPS)))
     out.append(("sharpen_focus_loss", (f, g, g2, fl, gl, small(n, k + 1), 1, 0.55, 100.0, 1.0,
                                        True, False, EPS)))  # a 2-D (per-channel) last gradient
+    rows = torch.tensor([i % n for i in range(n + 1)], device=device)  # image 0 has two rows
+    boxes = torch.tensor([[[0., 0, 3, 2], [1, 1, 9, 9]]] * (n + 1), device=device)
+    r_grads = big(k, h, w)[rows]
+    cov = small(n + 1, h, w, positive=True)
+    for kind in (0, 1, 2, 3):
+        for loss, coverage in ((0, small(0)), (1, cov), (2, small(0)), (3, cov)):
+            out.append(("guidance_loss", (f, r_grads, boxes, rows, coverage, kind, loss, 8.0, 10.0,
+                                          EPS)))
+    out.append(("guidance_loss", (f, small(n + 1, k), boxes, rows, small(0), 2, 0, 8.0, 10.0, EPS)))
     return out
 
 
