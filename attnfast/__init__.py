@@ -1,4 +1,5 @@
-"""attnfast: fused kernels for gradient-based attention supervision (Sharpen Focus, GGAM).
+"""attnfast: fused kernels for gradient-based attention supervision (Sharpen Focus, GGAM,
+guidance from boxes).
 
 Every op has an eager reference (``attnfast.reference``), C++ CPU, CUDA C++ and Triton kernels
 with hand-written backward, registered as torch custom ops; ``set_backend`` / ``use_backend``
@@ -8,6 +9,7 @@ from . import ops
 from .backend import available_backends, get_backend, set_backend, use_backend
 from .ops import *  # noqa: F401,F403  the public ops, ops.__all__
 from .ggam import GGAM
+from .guidance import Guidance
 from .sharpen_focus import SharpenFocus
 
 __version__ = "0.1.0"
@@ -23,5 +25,5 @@ def __getattr__(name):
 
 __all__ = [
     "available_backends", "get_backend", "set_backend", "use_backend", *ops.__all__,
-    "SharpenFocus", "GGAM",
+    "SharpenFocus", "GGAM", "Guidance",
 ]
