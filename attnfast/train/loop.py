@@ -3,6 +3,7 @@ files after every epoch, resume."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import sys
@@ -10,9 +11,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
+from ..guidance import Guidance
 from . import checkpoints, report
 from . import data as data_mod
 from .methods import build
@@ -49,17 +51,23 @@ def train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg
     net.train()
     totals, images, t0 = torch.zeros(6, dtype=torch.float64), 0, time.perf_counter()
     bar = _progress(loader, show, desc)
+    guided = isinstance(getattr(net, "module", net), Guidance)
     for it, batch in enumerate(bar):
-        x = data.prepare(batch[0].to(dst.device, non_blocking=True), train=True)
         y = batch[1].to(dst.device)
+        if guided:  # (image, label, box, annotated): boxes move with the augmentation
+            x, boxes = data.prepare(batch[0].to(dst.device, non_blocking=True), train=True,
+                                    boxes=batch[2].to(dst.device))
+            extra = (boxes, batch[3].to(dst.device))
+        else:
+            x, extra = data.prepare(batch[0].to(dst.device, non_blocking=True), train=True), ()
         if ramp is not None:
             wrapper, weight, factor = ramp
             wrapper.weight = weight * factor(sched.last_epoch)
         if cfg.get("channels_last"):
             x = x.contiguous(memory_format=torch.channels_last)
         with ctx():
-            step = net(x, y)
-        has_parts = hasattr(step, "parts")
+            step = net(x, y, *extra)
+        has_parts = isinstance(getattr(step, "parts", None), tuple)
         parts = [p.detach().float().mean() for p in step.parts[1:]] if has_parts \
             else [step.loss.detach().new_zeros(())] * 3
         vals = dst.sum(torch.stack([step.loss.detach(), step.classification_loss.detach(),
@@ -91,7 +99,39 @@ def train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg
             "train_images": images}
 
 
-def loaders(cfg, data, dst):
+class Annotated(Dataset):
+    """(image, label, box, annotated) of a dataset with boxes: ``annotated[i]`` says whether
+    sample i's box is used (guidance with --box-fraction)."""
+
+    def __init__(self, base, annotated):
+        self.base, self.annotated = base, annotated
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return (*self.base[i], self.annotated[i])
+
+
+def box_subset(cfg, data, run_dir):
+    """The training images whose boxes guidance uses: round(--box-fraction x N) of them (at least
+    one for a fraction > 0), drawn once per seed; listed in ``run_dir/boxes_used.json``."""
+    if not data.boxes:
+        raise SystemExit(f"--method guidance needs boxes; {data.name} has none (sources with "
+                         "boxes: located-digits, located-digits-cue)")
+    n = len(data.train)
+    k = min(n, max(1 if cfg["box_fraction"] > 0 else 0, round(cfg["box_fraction"] * n)))
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(cfg["seed"] + 7919))[:k]
+    annotated = torch.zeros(n, dtype=torch.bool)
+    annotated[chosen] = True
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "boxes_used.json").write_text(json.dumps(
+        {"box_fraction": cfg["box_fraction"], "images": k, "of": n,
+         "indices": sorted(chosen.tolist())}))
+    return Annotated(data.train, annotated)
+
+
+def loaders(cfg, data, dst, train=None):
     """(sampler, train loader, eval loader): a DistributedSampler (shuffled by seed + epoch, so a
     resumed run draws the same order) over the global batch split across processes; the
     evaluation split (--eval-split) in shards without padding, each sample with its box when the
@@ -104,10 +144,11 @@ def loaders(cfg, data, dst):
     if workers is None:
         base = data.train.dataset if isinstance(data.train, Subset) else data.train
         workers = 0 if isinstance(base, TensorDataset) else min(8, os.cpu_count() or 1)
-    sampler = DistributedSampler(data.train, num_replicas=dst.world, rank=dst.rank, shuffle=True,
+    train = data.train if train is None else train
+    sampler = DistributedSampler(train, num_replicas=dst.world, rank=dst.rank, shuffle=True,
                                  seed=cfg["seed"])
-    drop = len(data.train) // dst.world >= per_rank
-    loader = DataLoader(data.train, batch_size=per_rank, sampler=sampler, drop_last=drop,
+    drop = len(train) // dst.world >= per_rank
+    loader = DataLoader(train, batch_size=per_rank, sampler=sampler, drop_last=drop,
                         num_workers=workers, pin_memory=dst.device.type == "cuda",
                         persistent_workers=workers > 0)
     eval_loader = DataLoader(data_mod.shard(data.split(cfg["eval_split"]), dst.rank, dst.world),
@@ -126,7 +167,8 @@ def run(cfg, method, data, dst, log):
     if dst.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[dst.device.index] if dst.device.type == "cuda" else None)
-    sampler, loader, eval_loader = loaders(cfg, data, dst)
+    train = box_subset(cfg, data, run_dir) if method == "guidance" else None
+    sampler, loader, eval_loader = loaders(cfg, data, dst, train)
     opt = torch.optim.SGD(raw.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                           weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, len(loader)))

@@ -8,6 +8,7 @@ import torch
 
 from ..baseline import Baseline
 from ..ggam import GGAM
+from ..guidance import Guidance
 from ..sharpen_focus import SharpenFocus
 from . import models
 from .recipes import method_weight
@@ -51,6 +52,11 @@ def build(cfg, method, data, dst):
                    target=cfg["ggam_target"], multilabel=data.multilabel,
                    guide=cfg["ggam_guide"], **exact)
         net.to(dst.device)
+    elif method == "guidance":
+        net = Guidance(model, guided_layers(cfg["guidance_layers"], inner, last),
+                       attention=cfg["guidance_attention"], loss=cfg["guidance_loss"],
+                       weight=method_weight(cfg, method), second_order=cfg["order"] == "second",
+                       multilabel=data.multilabel, **exact)
     else:
         net = Baseline(model, multilabel=data.multilabel)
     # the probe measures attention on every method; made after GGAM, its hooks see the
@@ -58,3 +64,9 @@ def build(cfg, method, data, dst):
     probe = SharpenFocus(model, inner, last, second_order=False, **sf_kw)
     return model, net, probe, last
 
+
+
+def guided_layers(spec, inner, last):
+    """--guidance-layers: 'last', 'inner', 'both' or comma-separated layer names."""
+    named = {"last": [last], "inner": [inner], "both": [inner, last]}
+    return named.get(spec) or [name.strip() for name in spec.split(",") if name.strip()]

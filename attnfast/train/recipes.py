@@ -11,9 +11,9 @@ import math
 from . import data as data_mod
 from . import models
 
-DESCRIPTION = ("Thin trainer for Sharpen Focus and GGAM: ``python -m attnfast.train`` / "
-               "``attnfast-train``.")
-METHODS = ("baseline", "sharpen-focus", "ggam")
+DESCRIPTION = ("Thin trainer for Sharpen Focus, GGAM and guidance from boxes: "
+               "``python -m attnfast.train`` / ``attnfast-train``.")
+METHODS = ("baseline", "sharpen-focus", "ggam", "guidance")
 
 # Paper recipes (Sharpen Focus Sec. 4; He et al. 2016 for CIFAR-10). Values a paper leaves open
 # (noted "assumed") are ordinary choices for that setting.
@@ -53,7 +53,9 @@ DEFAULTS = dict(schedule="cosine", milestones=(), warmup_epochs=0.0, momentum=0.
                 reduction=16, ggam_target="predicted", seed=0, seeds=1, data_seed=0,
                 eval_split="test", eval_every=1, workers=None, pictures=6, shortcut=None,
                 per_class=30, compile_backend="inductor", device="auto", ramp_epochs=0.0,
-                ggam_guide="paper", per_sample_grads=False)
+                ggam_guide="paper", per_sample_grads=False, guidance_loss="energy",
+                guidance_layers="last", guidance_attention="gradcam", box_fraction=1.0,
+                guidance_weight=1.0)
 # Sharpen Focus as the paper writes Eq. 9 (a recipe's ``sf`` dict overrides these, the command
 # line overrides both): weight of the attention term, the weights of its three parts, second
 # order, the max-normalized mask of docs/SPEC.md decision 1, the model's default layers.
@@ -117,6 +119,13 @@ def parse_args(argv=None):
     a("--ggam-guide", choices=("paper", "standardized"),
       help="GGAM's guide T: the paper's normalized sigmoid(beta) or beta standardized per map "
            "(docs/GGAM_AND_CAPTURE.md)")
+    a("--guidance-loss", choices=("energy", "l1", "ppce", "rrr"),
+      help="guidance: the loss of the guided maps against the boxes (Rao et al. 2023)")
+    a("--guidance-layers", help="guidance: 'last', 'inner', 'both' or comma-separated layer names")
+    a("--guidance-attention", choices=("gradcam", "ixg", "pixel", "channel"),
+      help="guidance: the guided map")
+    a("--box-fraction", type=float, help="guidance: share of the training images whose boxes "
+      "are used (chosen once per seed, listed in the run's boxes_used.json)")
     a("--per-sample-grads", action="store_true", default=None,
       help="sharpen-focus / ggam: exact per-sample attention gradients in train mode (BatchNorm "
            "statistics held fixed in the class-score gradient pass; attnfast.capture)")
@@ -176,15 +185,17 @@ def configure(args) -> dict:
         raise SystemExit("--resume-override goes with --resume")
     if cfg["seeds"] < 1:
         raise SystemExit(f"--seeds must be at least 1, got {cfg['seeds']}")
+    if not 0.0 <= cfg["box_fraction"] <= 1.0:
+        raise SystemExit(f"--box-fraction must lie in [0, 1], got {cfg['box_fraction']}")
     return cfg
 
 
 def method_weight(cfg, method):
-    """The attention weight of ``method``: --weight, else the recipe's Sharpen Focus weight, else
-    GGAM's 0.1 (decision 14)."""
+    """The attention weight of ``method``: --weight, else the recipe's Sharpen Focus or guidance
+    weight, else GGAM's 0.1 (decision 14)."""
     if cfg["weight"] is not None:
         return cfg["weight"]
-    return cfg["sf_weight"] if method == "sharpen-focus" else 0.1
+    return {"sharpen-focus": cfg["sf_weight"], "guidance": cfg["guidance_weight"]}.get(method, 0.1)
 
 
 def ramp_factor(cfg, steps_per_epoch):

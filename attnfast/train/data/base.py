@@ -54,18 +54,24 @@ class Data:
                                 if name == "val" else ""))
         return ds
 
-    def prepare(self, images, train):
-        """float32 (x / scale - mean) / std, with random pad-crop and flip when ``train``."""
+    def prepare(self, images, train, boxes=None):
+        """float32 (x / scale - mean) / std, with random pad-crop and flip when ``train``. With
+        ``boxes`` (N x 4, y0, x0, y1, x1) returns (images, boxes moved as the images were)."""
         x = images.float()
         if self.scale != 1.0:
             x = x / self.scale
+        shift = None
         if train and self.pad:
-            x = random_crop(x, self.pad)
+            x, shift = random_crop(x, self.pad)
+        flipped = None
         if train and self.flip:
-            x = random_flip(x)
+            x, flipped = random_flip(x)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        x = (x - mean) / std
+        if boxes is None:
+            return x
+        return x, move_boxes(boxes, x.shape[-2:], shift, flipped)
 
     def unnormalize(self, x):
         """Inverse of the normalization of :meth:`prepare`: images in [0, 1] for pictures."""
@@ -75,7 +81,8 @@ class Data:
 
 
 def random_crop(x, pad):
-    """Per image: zero-pad by ``pad`` on each side, crop the original size at a random offset."""
+    """Per image: zero-pad by ``pad`` on each side, crop the original size at a random offset.
+    Returns (images, N x 2 shift): the content moved by (dy, dx) pixels."""
     n, c, h, w = x.shape
     xp = nnf.pad(x, (pad, pad, pad, pad))
     i = torch.randint(0, 2 * pad + 1, (n,)).to(x.device)
@@ -84,13 +91,29 @@ def random_crop(x, pad):
     cols = (j[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     idx_n = torch.arange(n, device=x.device)[:, None, None, None]
     idx_c = torch.arange(c, device=x.device)[None, :, None, None]
-    return xp[idx_n, idx_c, rows, cols]
+    return xp[idx_n, idx_c, rows, cols], torch.stack([pad - i, pad - j], 1)
 
 
 def random_flip(x):
-    """Flip each image horizontally with probability 1/2."""
-    flip = (torch.rand(x.shape[0]) < 0.5).to(x.device)[:, None, None, None]
-    return torch.where(flip, x.flip(3), x)
+    """Flip each image horizontally with probability 1/2; returns (images, N booleans)."""
+    flip = (torch.rand(x.shape[0]) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(3), x), flip
+
+
+def move_boxes(boxes, size, shift=None, flipped=None):
+    """Boxes (N x 4, half-open y0, x0, y1, x1) of images shifted by ``shift`` (N x 2) and then
+    flipped horizontally where ``flipped``, clipped to the image (the guidance op clips too)."""
+    b = boxes.to(torch.float32).clone()
+    if shift is not None:
+        b += shift.to(b)[:, [0, 1, 0, 1]]
+    if flipped is not None:
+        x0, x1 = b[:, 1].clone(), b[:, 3].clone()
+        f = flipped.to(b.device)
+        b[:, 1] = torch.where(f, size[1] - x1, x0)
+        b[:, 3] = torch.where(f, size[1] - x0, x1)
+    h, w = size
+    return torch.stack([b[:, 0].clamp(0, h), b[:, 1].clamp(0, w), b[:, 2].clamp(0, h),
+                        b[:, 3].clamp(0, w)], 1)
 
 
 def channel_stats(images, scale):
