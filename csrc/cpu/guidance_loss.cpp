@@ -68,27 +68,85 @@ template <class S, class A> void row_weights(const Ptrs<S, A>& q, int64_t r, A* 
   for (int64_t k = 0; k < K; ++k) w[k] /= A(q.P);
 }
 
-// The map a (P) of row r; w (K) holds the weights in weights mode.
+// Offset of element (k, p) of a row of G: F's own offset when G's sample layout is F's.
+template <class S, class A> struct GridG {
+  const Layout &lf, &lg;
+  bool same;
+  int64_t at(int64_t k, int64_t p, int64_t off) const { return same ? off : k * lg.sk + p * lg.sp; }
+};
+template <class S, class A> GridG<S, A> grid_g(const Ptrs<S, A>& q) {
+  return {q.lf, q.lg, q.lf.sk == q.lg.sk && q.lf.sp == q.lg.sp};
+}
+
+// The map a (P) of row r; w (K) holds the weights in weights mode. Tile by tile (cpu_common.h
+// for_tiles), the tile's map values accumulate in a local array (no aliasing: it vectorizes).
 template <class S, class A> void row_map(const Ptrs<S, A>& q, int64_t r, A* w, A* a) {
   const int64_t n = q.rows[r];
   const S* f = q.f + n * q.lf.sn;
+  const S* g = q.pixel_mode ? q.g + r * q.lg.sn : nullptr;
+  const auto gg = grid_g(q);
+  if (!q.pixel_mode) row_weights(q, r, w);
   fill(a, q.P, A(0));
-  if (q.pixel_mode) {
-    const S* g = q.g + r * q.lg.sn;
-    const Layout lg = q.lg;
-    visit(q.lf, 0, q.K, 0, q.P, [&](int64_t k, int64_t p, int64_t off) {
-      a[p] += static_cast<A>(g[k * lg.sk + p * lg.sp]) * static_cast<A>(f[off]);
+  for_tiles(q.lf, 0, q.K, 0, q.P, [&](int64_t k0, int64_t k1, int64_t p0, int64_t p1) {
+    A z[kTile], v[kTile];
+    std::copy(a + p0, a + p1, z);
+    if (!q.pixel_mode) std::copy(w + k0, w + k1, v);
+    if (q.pixel_mode) {
+      visit(q.lf, k0, k1, p0, p1, [&](int64_t k, int64_t p, int64_t off) {
+        z[p - p0] += static_cast<A>(g[gg.at(k, p, off)]) * static_cast<A>(f[off]);
+      });
+    } else {
+      visit(q.lf, k0, k1, p0, p1, [&](int64_t k, int64_t p, int64_t off) {
+        z[p - p0] += v[k - k0] * static_cast<A>(f[off]);
+      });
+    }
+    std::copy(z, z + (p1 - p0), a + p0);
+  });
+  const A s = q.pixel_mode ? pixel_scale(q) : A(1);
+  for (int64_t p = 0; p < q.P; ++p) a[p] = q.o.kind == kIxg ? a[p] * s : relu(a[p] * s);
+}
+
+// One row's contribution to dF[n] (acc, K x P in F's element order: acc[k * P + p]) and its dG,
+// given e = dL/dA after the map's ReLU (pixel mode: times the 1/K of the pixel kind); w: the
+// weights (weights mode); qk: K scratch. Tile by tile with local copies, as row_map.
+template <class S, class A>
+void row_backward(const Ptrs<S, A>& q, int64_t r, const A* e, const A* w, A* acc, A* qk, S* dgr,
+                  const Layout& ldg, A* dg2) {
+  const int64_t K = q.K, P = q.P;
+  const S* f = q.f + q.rows[r] * q.lf.sn;
+  const S* g = q.g ? q.g + r * q.lg.sn : nullptr;
+  const auto gg = grid_g(q);
+  const bool same_dg = ldg.sk == q.lf.sk && ldg.sp == q.lf.sp;
+  fill(qk, K, A(0));
+  for_tiles(q.lf, 0, K, 0, P, [&](int64_t k0, int64_t k1, int64_t p0, int64_t p1) {
+    A u[kTile], v[kTile], rk[kTile];
+    std::copy(e + p0, e + p1, u);
+    if (q.pixel_mode) {
+      visit(q.lf, k0, k1, p0, p1, [&](int64_t k, int64_t p, int64_t off) {
+        acc[k * P + p] += u[p - p0] * static_cast<A>(g[gg.at(k, p, off)]);
+        dgr[same_dg ? off : k * ldg.sk + p * ldg.sp] = static_cast<S>(u[p - p0] * static_cast<A>(f[off]));
+      });
+      return;
+    }
+    std::copy(w + k0, w + k1, v);
+    std::fill(rk, rk + (k1 - k0), A(0));
+    visit(q.lf, k0, k1, p0, p1, [&](int64_t k, int64_t p, int64_t off) {
+      acc[k * P + p] += u[p - p0] * v[k - k0];
+      rk[k - k0] += u[p - p0] * static_cast<A>(f[off]);
     });
-    const A s = pixel_scale(q);
-    for (int64_t p = 0; p < q.P; ++p) a[p] *= s;
-  } else {
-    row_weights(q, r, w);
-    visit(q.lf, 0, q.K, 0, q.P, [&](int64_t k, int64_t p, int64_t off) {
-      a[p] += w[k] * static_cast<A>(f[off]);
-    });
+    for (int64_t k = k0; k < k1; ++k) qk[k] += rk[k - k0];
+  });
+  if (q.pixel_mode) return;
+  if (dg2) {  // R x K grads: dg = q[k] dw/dg
+    for (int64_t k = 0; k < K; ++k)
+      dg2[r * K + k] = const_grad_weight_backward(q.o.kind, qk[k], q.g2[r * K + k], A(1) / A(K));
+    return;
   }
-  if (q.o.kind != kIxg)
-    for (int64_t p = 0; p < q.P; ++p) a[p] = relu(a[p]);
+  const bool positive = q.o.kind == kChannel;  // 4-D grads of the channel kinds: q[k] / P [g > 0]
+  for (int64_t k = 0; k < K; ++k) qk[k] /= A(P);
+  visit(q.lg, 0, K, 0, P, [&](int64_t k, int64_t p, int64_t off) {
+    dgr[k * ldg.sk + p * ldg.sp] = static_cast<S>(weight_term_backward(positive, qk[k], static_cast<A>(g[off])));
+  });
 }
 
 // The coverage of row r: the given one, or computed into cov (grid: box_grid_size(B) scratch).
@@ -141,42 +199,17 @@ void run(const host::GuidanceLossBackward& a) {
         const int64_t r = order[j];
         const A* m = maps + r * P;
         guidance_backward(grad[r], m, row_coverage(q, r, grid, cov), P, q.o.loss, q.o.eps, sc, e);
-        if (q.o.kind != kIxg)
-          for (int64_t p = 0; p < P; ++p) e[p] = relu_backward(e[p], m[p]);
-        if (q.pixel_mode) {
-          const A sc_k = pixel_scale(q);
-          const S* g = q.g + r * q.lg.sn;
-          S* dgr = dg + r * ldg.sn;
-          visit(q.lf, 0, K, 0, P, [&](int64_t k, int64_t p, int64_t off) {
-            const A ep = e[p] * sc_k;
-            acc[k * P + p] += ep * static_cast<A>(g[k * q.lg.sk + p * q.lg.sp]);
-            dgr[k * ldg.sk + p * ldg.sp] = static_cast<S>(ep * static_cast<A>(f[off]));
-          });
-          continue;
+        const A scale = q.pixel_mode ? pixel_scale(q) : A(1);
+        for (int64_t p = 0; p < P; ++p)
+          e[p] = (q.o.kind == kIxg ? e[p] : relu_backward(e[p], m[p])) * scale;
+        if (!q.pixel_mode) {
+          if (kw) {
+            std::copy(saved_w + r * kw, saved_w + (r + 1) * kw, w);
+          } else {
+            row_weights(q, r, w);  // R x K grads of the pixel and ixg kinds: w from g again
+          }
         }
-        if (kw) {
-          std::copy(saved_w + r * kw, saved_w + (r + 1) * kw, w);
-        } else {
-          row_weights(q, r, w);  // R x K grads of the pixel and ixg kinds: w from g again
-        }
-        fill(qk, K, A(0));
-        visit(q.lf, 0, K, 0, P, [&](int64_t k, int64_t p, int64_t off) {
-          acc[k * P + p] += e[p] * w[k];
-          qk[k] += e[p] * static_cast<A>(f[off]);
-        });
-        if (dg2) {
-          for (int64_t k = 0; k < K; ++k)
-            dg2[r * K + k] = const_grad_weight_backward(q.o.kind, qk[k], q.g2[r * K + k], A(1) / A(K));
-        } else {
-          const S* g = q.g + r * q.lg.sn;
-          S* dgr = dg + r * ldg.sn;
-          const bool positive = q.o.kind == kChannel;
-          for (int64_t k = 0; k < K; ++k) qk[k] /= A(P);
-          for (int64_t k = 0; k < K; ++k)
-            for (int64_t p = 0; p < P; ++p)
-              dgr[k * ldg.sk + p * ldg.sp] = static_cast<S>(
-                  weight_term_backward(positive, qk[k], static_cast<A>(g[k * q.lg.sk + p * q.lg.sp])));
-        }
+        row_backward(q, r, e, w, acc, qk, dg ? dg + r * ldg.sn : nullptr, ldg, dg2);
       }
       S* dfn = df + n * q.lf.sn;
       visit(q.lf, 0, K, 0, P, [&](int64_t k, int64_t p, int64_t off) {
