@@ -103,7 +103,8 @@ def main(argv=None):
             text += table(results, f"Test ({data}, seeds 0-{a.seeds - 1}, guidance weight "
                                    f"{a.weight:g})") + "\n"
     print(text)
-    dst = Path(a.results) / f"guidance_{a.stage}.md"
+    dst = Path(a.results) / (f"guidance_{a.stage}.md" if a.stage == "sweep" else
+                             f"guidance_{a.stage}_{'_'.join(a.data)}.md")
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_text(text)
     print(f"written: {dst}", file=sys.stderr)
