@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..train import models
+from .. import models
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 MB = 2.0 ** 20
@@ -180,7 +180,7 @@ def selected_kernel_cases(cfg: Config) -> list:
 # ========================================================================== training steps
 @dataclass(frozen=True)
 class TrainNet:
-    """A training case: ``attnfast.train.models`` name (``cifar_stem``: its 7x7/2 stem and max-pool
+    """A training case: ``attnfast.models`` name (``cifar_stem``: its 7x7/2 stem and max-pool
     replaced by a 3x3/1 conv, the usual ResNet-18 for 32 x 32 inputs), input size, classes, N."""
     model: str
     size: int

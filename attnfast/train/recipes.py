@@ -9,7 +9,7 @@ import argparse
 import math
 
 from . import data as data_mod
-from . import models
+from .. import models
 
 DESCRIPTION = ("Thin trainer for Sharpen Focus and GGAM: ``python -m attnfast.train`` / "
                "``attnfast-train``.")
