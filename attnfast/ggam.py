@@ -173,13 +173,13 @@ class GGAM(SupervisedWrapper):
 
     @compile_opaque
     def _attend(self, module, args, output):
-        output = check_feature_map(self.layer, module, output, "GGAM")
-        if output.shape[1] != self.attention.fc1.in_features:
-            self.remove()
+        k = self.attention.fc1.in_features
+        if not isinstance(output, torch.Tensor) or output.dim() != 4 or output.shape[1] != k:
+            self.remove()   # the model is left as it was before the wrapper
+            check_feature_map(self.layer, module, output, "GGAM (removed from the model)")
             raise ValueError(f"GGAM: layer {self.layer!r} outputs {output.shape[1]} channels, "
-                             f"not channels={self.attention.fc1.in_features}; the wrapper has "
-                             "removed itself from the model (the model is as it was): make it "
-                             "again with the right channels (or channels=None)")
+                             f"not channels={k}; the wrapper has removed itself from the model "
+                             "(the model is as it was): make it again with the right channels")
         if self._capture:
             FixedBatchStatistics.arm(self._fixed)  # before the module: it may hold BatchNorm
         d, s, t = self.attention(output)
