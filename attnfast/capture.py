@@ -121,12 +121,11 @@ def check_feature_map(name, module, output, user):
 
 class LayerTap:
     """Forward hooks that keep the latest output of named layers while capturing, each checked
-    to be an N x K x H x W feature map (:func:`check_feature_map`). Every name is resolved
-    before any hook is registered, so a wrong name leaves the model untouched. The hooks are
-    opaque to ``torch.compile`` so a compiled model splits its graph at each captured tensor,
-    which keeps dY/dF computable by autograd. ``per_sample``: the forward under :meth:`capture`
-    also records :class:`FixedBatchStatistics` (exact per-sample class-score gradients).
-    ``user`` names the wrapper in error messages."""
+    to be an N x K x H x W feature map (``user``, the wrapper, named in the message). Every name
+    is resolved before any hook is registered. The hooks are opaque to ``torch.compile`` (a
+    compiled model splits its graph at each captured tensor, so dY/dF stays computable).
+    ``per_sample``: the forward under :meth:`capture` also records :class:`FixedBatchStatistics`
+    (exact per-sample class-score gradients)."""
 
     def __init__(self, model, names=(), per_sample=False, user="attnfast"):
         self.store: dict = {}
@@ -189,15 +188,13 @@ class Attached:
     """What every wrapper (SharpenFocus, GGAM, CAM, Guidance, ...) attaches to the user's model,
     in one place, and how it comes off.
 
-    A subclass builds and checks everything in ``__init__`` first and calls :meth:`_attach`
-    LAST, with every object it puts on the model (a :class:`LayerTap`, a hook handle,
-    :class:`FixedBatchStatistics`, a claim from :meth:`_claim_output`): so a constructor that
-    raises leaves the model as it was. :meth:`remove` takes them all off (idempotent): the bare
-    model then computes what it computed before it was wrapped. ``with Wrapper(model, ...) as
-    w:`` removes them at the end of the block. A wrapper that changes a layer's output must
-    :meth:`_claim_output` it (before attaching anything): a second such wrapper on the same layer
-    is refused with a message. Calling a removed wrapper raises ``RuntimeError``
-    (:meth:`_require_attached`)."""
+    A subclass checks everything in ``__init__`` first and calls :meth:`_attach` LAST with every
+    object it put on the model (a :class:`LayerTap`, hook handles, :class:`FixedBatchStatistics`,
+    a :meth:`_claim_output` claim), so a constructor that raises leaves the model as it was.
+    :meth:`remove` (idempotent) or the end of ``with Wrapper(model, ...) as w:`` takes them off:
+    the bare model then computes what it did before. A wrapper that changes a layer's output
+    claims it first: a second one on that layer is refused. A removed wrapper refuses calls
+    (:meth:`_require_attached`, ``RuntimeError``)."""
 
     _attached = ()
 
