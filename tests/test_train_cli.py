@@ -30,6 +30,15 @@ def main(out, *extra):
     return train.main([*TINY, "--out", str(out), *extra])
 
 
+def interrupted_main(argv):
+    """train.main(argv), a Ctrl-C escaping it turned into a test failure (a KeyboardInterrupt
+    would stop the whole pytest session)."""
+    try:
+        return train.main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped the trainer as a traceback")
+
+
 def test_data_source_error_is_one_line(tmp_path, capsys):
     assert train.main(["--data", "cifar10", "--out", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
@@ -46,7 +55,7 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, capsys,
             raise KeyboardInterrupt
         return real(*a, **k)
     monkeypatch.setattr(loop, "train_epoch", second_epoch_interrupted)
-    assert main(tmp_path / "run") == 130
+    assert interrupted_main([*TINY, "--out", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err.strip()
     ckpt = tmp_path / "run" / "baseline" / "checkpoint.pt"
     assert err == (f"interrupted: the last checkpoint is {ckpt} (written at the end of the last "
@@ -117,8 +126,8 @@ def test_the_number_of_models_is_said_at_the_start(tmp_path, capsys, monkeypatch
     def stop(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(cli, "run", stop)
-    assert train.main(["--epochs", "1", "--out", str(tmp_path), "--train-size", "16",
-                       "--test-size", "8", "--no-progress"]) == 130
+    assert interrupted_main(["--epochs", "1", "--out", str(tmp_path), "--train-size", "16",
+                             "--test-size", "8", "--no-progress"]) == 130
     assert ("training 6 model(s): 3 seed(s) x 2 method(s) (baseline, sharpen-focus), 1 epoch(s) "
             "each") in capsys.readouterr().out
 
