@@ -231,7 +231,7 @@ class Attached:
         self.remove()
 
 
-# ----------------------------------------------------------------------------- the GAP + linear head
+# ---------------------------------------------------------------------------- the GAP + linear head
 
 def find_head(model, last_layer, head):
     """The ``nn.Linear`` head that global average pooling of ``last_layer`` may feed, as

@@ -9,7 +9,6 @@ import json
 import os
 
 import pytest
-import torch
 
 import attnfast
 from attnfast import train
@@ -204,4 +203,3 @@ def test_a_write_error_that_is_not_the_systems_still_raises(tmp_path):
     with pytest.raises(RuntimeError, match="a bug"):
         checkpoints.atomic_write(tmp_path / "x.pt", broken)
     assert list(tmp_path.iterdir()) == []
-    torch.manual_seed(0)
