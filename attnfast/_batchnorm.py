@@ -26,6 +26,8 @@ import threading
 import torch
 import torch.nn as nn
 
+from ._compat import compile_opaque
+
 __all__ = ["FixedBatchStatistics", "score_gradient_pass"]
 
 _LOCK = threading.Lock()
@@ -121,7 +123,7 @@ class FixedBatchStatistics:
         if fixed is not None and fixed.active:
             fixed.armed = True
 
-    @torch.compiler.disable
+    @compile_opaque
     def _hook(self, bn, args, output):
         if not self.armed or not torch.is_grad_enabled() or not _uses_batch_statistics(bn):
             return None

@@ -10,8 +10,25 @@ Checked here on torch 2.13.0 (CPU build); the GPU lane runs torch 2.11.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
+
+
+def compile_opaque(fn):
+    """``fn`` run eagerly under ``torch.compile`` (``torch.compiler.disable``), with
+    ``torch._dynamo`` imported on the first call instead of when ``fn`` is defined: importing it
+    takes about 1.6 s, and ``import attnfast`` must not pay that (checked: torch 2.13). A call
+    traced by the compiler before the first eager call runs the ``disable`` eagerly at a graph
+    break, then the disabled ``fn``."""
+    disabled = []
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+    return call
 
 
 def parse_schema(text: str):

@@ -42,6 +42,7 @@ with channels_last features.
 """
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -49,9 +50,9 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 
 from . import ops
-from ._compat import donated_buffer_disabled
-from .capture import (HEAD_NAMES, LayerTap, refuse_compiled_double_backward, resolve_layer,
-                      unwrap)
+from ._compat import compile_opaque, donated_buffer_disabled
+from .capture import (Attached, LayerTap, find_head, head_mismatch,
+                      refuse_compiled_double_backward, resolve_layer)
 
 __all__ = ["CAM", "CAMOutput", "KINDS", "save_overlay"]
 
@@ -68,7 +69,7 @@ class CAMOutput(NamedTuple):
     layer_maps: dict
 
 
-class CAM:
+class CAM(Attached):
     """Class activation maps of ``model`` at ``target_layers`` (a name or a list of
     ``model.named_modules()`` names); see the module docstring for the math and the cost.
 
@@ -79,7 +80,9 @@ class CAM:
     every map by its maximum. ``create_graph``: differentiable maps. ``batch_classes``: "vmap"
     (one batched backward, default) or "loop" (one backward per class rank).
     ``cam(images, targets=None, topk=1)`` -> :class:`CAMOutput`; ``cam.remove()`` (or ``with
-    CAM(...) as cam:``) removes the hooks.
+    CAM(...) as cam:``) removes the hooks (:class:`attnfast.capture.Attached`). Every target
+    layer's output must be an N x K x H x W feature map (checked at the first call). A model in
+    train mode gets a warning (module docstring: the gradients then mix the batch).
     """
 
     def __init__(self, model, target_layers, kind="gradcam", *, head="auto", size="input",
@@ -97,27 +100,24 @@ class CAM:
         self.model, self.kind, self.normalize = model, kind, bool(normalize)
         self.size = size if size in ("input", None) else tuple(int(s) for s in size)
         self.create_graph, self.batch_classes = bool(create_graph), batch_classes
-        self.head, self._head_required = _find_head(model, head)
-        self._tap = LayerTap(model, self.layers)
+        self.head, _, self._head_required = (find_head(model, self.layers[-1], head)
+                                             or (None, None, False))
         self.grad_calls = 0
         self.analytic_layers: list = []
         self.vmap_error = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.remove()
-
-    def remove(self):
-        """Remove the forward hooks from the model."""
-        self._tap.remove()
+        self._tap = LayerTap(model, self.layers, user="CAM")
+        self._attach(self._tap)
 
     def __call__(self, images, targets=None, *, topk=None) -> CAMOutput:
         """Maps of ``targets`` (None: the ``topk`` (default 1) highest-scoring classes; an int:
         that class for every image; N indices; or N x T indices, several per image)."""
+        self._require_attached()
         if targets is not None and topk is not None:
             raise ValueError("give targets or topk, not both")
+        if _mixes_batch(self.model):
+            warnings.warn("CAM of a model in train mode: BatchNorm then normalizes with the "
+                          "batch's statistics, so each map mixes in the other images' gradients "
+                          "(and dropout is on): call model.eval() first", stacklevel=2)
         with torch.set_grad_enabled(self.create_graph):   # maps record a graph only if asked
             return self._maps(images, *self._raw_maps(images, targets,
                                                       1 if topk is None else topk))
@@ -145,7 +145,7 @@ class CAM:
             maps = ops.normalize_attention(maps.reshape(n * t, h, w)).reshape(n, t, h, w)
         return maps
 
-    @torch.compiler.disable  # autograd.grad w.r.t. hooked features: eager (model may be compiled)
+    @compile_opaque  # autograd.grad w.r.t. hooked features: eager (model may be compiled)
     def _raw_maps(self, images, targets, topk):
         """(logits, classes N x T, {layer: raw float32 maps N x T x h x w})."""
         self.grad_calls = 0
@@ -195,7 +195,7 @@ class CAM:
         w = self.head.weight
         out = {}
         for name, f in feats.items():
-            if not _feeds_head(f, self.head, logits):
+            if head_mismatch(f, self.head, logits) is not None:
                 continue
             h, wd = f.shape[-2:]
             acc = torch.float64 if f.dtype == w.dtype == torch.float64 else torch.float32
@@ -242,6 +242,15 @@ class CAM:
         return [[per_rank[i][j] for i in range(t)] for j in range(len(feats))]
 
 
+_BATCH_MIXERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.Dropout,
+                 nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+def _mixes_batch(model) -> bool:
+    """Whether a BatchNorm or dropout layer of ``model`` is in train mode."""
+    return any(m.training and isinstance(m, _BATCH_MIXERS) for m in model.modules())
+
+
 def _classes(targets, logits, topk):
     """N x T long class indices: given (int, N, or N x T) or the ``topk`` best-scoring."""
     n, c = logits.shape
@@ -264,40 +273,15 @@ def _classes(targets, logits, topk):
     return t.long()
 
 
-def _find_head(model, head):
-    """(the nn.Linear head or None, whether it was asked for by name or module)."""
-    if head is None:
-        return None, False
-    modules = dict(unwrap(model).named_modules())
-    if head == "auto":
-        found = [modules[n] for n in HEAD_NAMES if isinstance(modules.get(n), nn.Linear)]
-        return (found[0] if found else None), False
-    module = head if isinstance(head, nn.Module) else resolve_layer(model, head)
-    if not isinstance(module, nn.Linear) or all(m is not module for m in modules.values()):
-        raise ValueError(f"head must be an nn.Linear inside the model, got {head!r}")
-    return module, True
-
-
-def _feeds_head(f, head, logits) -> bool:
-    """Whether logits = head(GAP(f)) here (checked on the values, float32, within 1e-2 of the
-    logits' scale for low-precision runs)."""
-    if f.dim() != 4 or f.shape[1] != head.in_features or f.shape[0] != logits.shape[0]:
-        return False
-    with torch.no_grad(), torch.autocast(f.device.type, enabled=False):
-        y = nnf.linear(f.float().mean(dim=(2, 3)), head.weight.float(),
-                       None if head.bias is None else head.bias.float())
-        ref = logits.detach().float()
-        return y.shape == ref.shape and bool(
-            ((y - ref).abs() <= 1e-2 * (ref.abs().amax() + 1.0)).all())
-
-
-def save_overlay(path, images, result: CAMOutput, class_names=None, targets=None, title=None):
-    """A PNG of ``result``'s maps over ``images`` (N x C x H x W in [0, 1]): one row per image,
-    the image then its T maps (jet, alpha 0.5, over the grey image), each titled with the class
-    and its softmax probability; ``targets`` (N indices) frames the true class in green. Uses
-    the trainer's figure code (:func:`attnfast.train.pictures.attention_figure`, matplotlib)."""
-    from .train.pictures import TopMaps, attention_figure
+def save_overlay(path, images, result: CAMOutput, class_names=None, targets=None, title=None,
+                 *, mean=None, std=None, denormalize=None):
+    """A PNG of ``result``'s maps over ``images`` (N x C x H x W): one row per image, the image
+    then its T maps, each titled with the class and its softmax probability; ``targets`` frames
+    the true class in green. Images normalized for the model are shown as they were with
+    ``mean`` / ``std`` (per channel) or a ``denormalize`` callable; values still outside [0, 1]
+    are clipped with a warning (:func:`attnfast.viz.save_overlay`)."""
+    from .viz import save_overlay as draw
     probs = torch.softmax(result.logits.detach().float(), 1).gather(1, result.classes)
-    maps = TopMaps(result.classes.cpu(), probs.cpu(), result.maps.detach().float().cpu())
     names = class_names or [str(c) for c in range(result.logits.shape[1])]
-    return attention_figure(path, images, targets, names, {"": maps}, title=title)
+    return draw(path, images, result.classes, probs, result.maps, class_names=names,
+                targets=targets, title=title, mean=mean, std=std, denormalize=denormalize)

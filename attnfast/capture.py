@@ -32,6 +32,7 @@ under :func:`attnfast._compat.donated_buffer_disabled`.
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 import torch.nn as nn
@@ -40,9 +41,10 @@ import torch.nn.functional as nnf
 from . import ops
 from ._batchnorm import FixedBatchStatistics
 from ._batchnorm import score_gradient_pass as _score_gradient_pass
-from ._compat import donated_buffer_disabled
+from ._compat import compile_opaque, donated_buffer_disabled
 
-__all__ = ["class_attention_maps", "resolve_layer", "FixedBatchStatistics"]
+__all__ = ["class_attention_maps", "resolve_layer", "FixedBatchStatistics", "Attached",
+           "find_head", "head_mismatch"]
 
 ATTENTION_KINDS = ("pixel", "channel", "gradcam")
 # Names under which a model's nn.Linear classifier fed by global average pooling is looked for
@@ -97,25 +99,47 @@ def check_attention(attention):
         raise ValueError(f"attention must be 'pixel', 'channel' or 'gradcam', got {attention!r}")
 
 
+def describe(value) -> str:
+    """What a layer gave, for error messages: "a tensor of shape (4, 10)", "a tuple of 2"."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def check_feature_map(name, module, output, user):
+    """Refuse a layer whose output is not an N x K x H x W feature map, naming the layer, what
+    it gave and what ``user`` (the wrapper) needs there."""
+    if isinstance(output, torch.Tensor) and output.dim() == 4:
+        return output
+    raise ValueError(f"{user}: layer {name!r} ({type(module).__name__}) outputs "
+                     f"{describe(output)}, but an N x K x H x W feature map is needed there: "
+                     "name a convolutional layer or stage (e.g. the last one before global "
+                     "average pooling), not the classifier or a layer returning a tuple")
+
+
 class LayerTap:
-    """Forward hooks that keep the latest output (and for ``io`` layers the first input too) of
-    named layers while capturing. The hooks are opaque to ``torch.compile`` so a compiled model
-    splits its graph at each captured tensor, which keeps dY/dF computable by autograd.
+    """Forward hooks that keep the latest output of named layers while capturing, each checked
+    to be an N x K x H x W feature map (``user``, the wrapper, named in the message). Every name
+    is resolved before any hook is registered. The hooks are opaque to ``torch.compile`` (a
+    compiled model splits its graph at each captured tensor, so dY/dF stays computable).
     ``per_sample``: the forward under :meth:`capture` also records :class:`FixedBatchStatistics`
     (exact per-sample class-score gradients)."""
 
-    def __init__(self, model, names=(), io=(), per_sample=False):
+    def __init__(self, model, names=(), per_sample=False, user="attnfast"):
         self.store: dict = {}
         self.active = False
-        self.handles = [resolve_layer(model, n).register_forward_hook(self._hook(n, n in io))
-                        for n in dict.fromkeys((*names, *io))]
+        layers = {n: resolve_layer(model, n) for n in dict.fromkeys(names)}
+        self.user = user
+        self.handles = [m.register_forward_hook(self._hook(n)) for n, m in layers.items()]
         self.fixed = FixedBatchStatistics(model) if per_sample else None
 
-    def _hook(self, name, with_input):
-        @torch.compiler.disable
+    def _hook(self, name):
+        @compile_opaque
         def hook(module, args, output):
             if self.active:
-                self.store[name] = (args[0], output) if with_input else output
+                self.store[name] = check_feature_map(name, module, output, self.user)
                 FixedBatchStatistics.arm(self.fixed)
         return hook
 
@@ -135,6 +159,129 @@ class LayerTap:
         self.handles = []
         if self.fixed is not None:
             self.fixed.remove()
+
+
+# ----------------------------------------------------------------------------- attach and remove
+
+# Layers whose output an attnfast wrapper changes (GGAM's module), and by what: at most one.
+_CHANGED = weakref.WeakKeyDictionary()
+
+
+class _Claim:
+    """A layer's output claimed by one wrapper until :meth:`remove`."""
+
+    def __init__(self, module, name, owner):
+        holder = _CHANGED.get(module)
+        if holder is not None:
+            raise ValueError(f"layer {name!r} is already wrapped by {holder}, which changes its "
+                             "output; call .remove() on that wrapper (or leave its with-block) "
+                             "before wrapping the layer again")
+        _CHANGED[module] = owner
+        self.module = module
+
+    def remove(self):
+        if _CHANGED.get(self.module) is not None:
+            del _CHANGED[self.module]
+
+
+class Attached:
+    """What every wrapper (SharpenFocus, GGAM, CAM, Guidance, ...) attaches to the user's model,
+    in one place, and how it comes off.
+
+    A subclass checks everything in ``__init__`` first and calls :meth:`_attach` LAST with every
+    object it put on the model (a :class:`LayerTap`, hook handles, :class:`FixedBatchStatistics`,
+    a :meth:`_claim_output` claim), so a constructor that raises leaves the model as it was.
+    :meth:`remove` (idempotent) or the end of ``with Wrapper(model, ...) as w:`` takes them off:
+    the bare model then computes what it did before. A wrapper that changes a layer's output
+    claims it first: a second one on that layer is refused. A removed wrapper refuses calls
+    (:meth:`_require_attached`, ``RuntimeError``)."""
+
+    _attached = ()
+
+    def _claim_output(self, module, name):
+        """Claim the output of ``module`` (called ``name``) for this wrapper; raises ValueError
+        when another wrapper already changes it."""
+        return _Claim(module, name, f"a live {type(self).__name__}")
+
+    def _attach(self, *parts):
+        """Record ``parts`` (objects with ``remove()``) as attached; call it last in __init__."""
+        self._attached = parts
+
+    @property
+    def attached(self) -> bool:
+        """Whether the wrapper's hooks are on the model (False after :meth:`remove`)."""
+        return bool(self._attached)
+
+    def remove(self):
+        """Take every hook (and claim) of this wrapper off the model; the model is then as it
+        was before the wrapper was made. Safe to call twice."""
+        parts, self._attached = self._attached, ()
+        for part in reversed(parts):
+            part.remove()
+
+    def _require_attached(self):
+        if not self._attached:
+            raise RuntimeError(f"this {type(self).__name__} was removed from its model "
+                               "(.remove() or the end of its with-block); make a new one")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+# ---------------------------------------------------------------------------- the GAP + linear head
+
+def find_head(model, last_layer, head):
+    """The ``nn.Linear`` head that global average pooling of ``last_layer`` may feed, as
+    (module, name, required), or None. ``head``: "auto" looks for an ``nn.Linear`` named one of
+    :data:`HEAD_NAMES` (not required: a head that fails :func:`head_mismatch` is then just not
+    used); a name or a submodule requires it (ValueError here when it is not an ``nn.Linear``
+    of the model); None: no head. Whether it really is fed by GAP of ``last_layer`` is known
+    only from a forward: :func:`head_mismatch`."""
+    if head is None:
+        return None
+    modules = dict(unwrap(model).named_modules())
+    if isinstance(head, str) and head == "auto":
+        for name in HEAD_NAMES:
+            if isinstance(modules.get(name), nn.Linear):
+                return modules[name], name, False
+        return None
+    if isinstance(head, nn.Module):
+        names = [n for n, m in modules.items() if m is head]
+        if not names:
+            raise ValueError("head module is not a submodule of the model")
+        name = names[0]
+    else:
+        name = head
+    module = resolve_layer(model, name)
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"head {name!r} must be an nn.Linear fed by global average pooling of "
+                         f"{last_layer!r}, got {type(module).__name__}; pass head=None")
+    return module, name, True
+
+
+def head_mismatch(features, head, logits):
+    """None when logits = head(GAP(features)) here (so dY^c/dF = W[c] / (H W) at every pixel),
+    else why not. Compared element by element in float32 within 1e-2 of the bound
+    sum_k |W[c, k] GAP(F)[n, k]| + |b[c]| on the rounding of that sum (what low-precision runs
+    need), plus 1e-5."""
+    if features.dim() != 4 or features.shape[1] != head.in_features:
+        return (f"it takes {head.in_features} features but the layer gives "
+                f"{tuple(features.shape)}")
+    if features.shape[0] != logits.shape[0] or logits.shape[1] != head.out_features:
+        return "its output is not the model's N x C logits"
+    with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
+        gap = features.detach().float().mean(dim=(2, 3))
+        w = head.weight.detach().float()
+        b = None if head.bias is None else head.bias.detach().float()
+        y = nnf.linear(gap, w, b)
+        bound = gap.abs() @ w.abs().t() + (0 if b is None else b.abs())
+        if not bool(((y - logits.detach().float()).abs() <= 1e-2 * bound + 1e-5).all()):
+            return ("the logits are not head(GAP(features)): something other than global "
+                    "average pooling lies between them, or the model changes the logits after it")
+    return None
 
 
 # ----------------------------------------------------------------------------- targets and scores
@@ -230,14 +377,17 @@ def class_attention_maps(model, layer, images, classes, attention="pixel"):
     return logits.detach(), torch.stack(maps, 1).detach()
 
 
-class SupervisedWrapper(nn.Module):
+class SupervisedWrapper(Attached, nn.Module):
     """What the attention-supervising wrappers share: ``w(images, targets)`` -> the step (a
     NamedTuple whose ``loss`` to backpropagate), computed by the subclass's ``_step`` with
     gradients enabled; ``w(images)`` -> the model's logits. Called with gradients disabled (as in
     evaluation) the step's tensors come back detached; every call of the model runs with
-    donated buffers off (see the module docstring)."""
+    donated buffers off (see the module docstring). ``w.remove()`` / ``with`` take the
+    wrapper's hooks off the model (:class:`Attached`)."""
 
     def forward(self, images, targets=None):
+        """The step of ``images`` and ``targets``, or the logits when ``targets`` is None."""
+        self._require_attached()
         if targets is None:
             with donated_buffer_disabled():
                 return self.model(images)
@@ -257,5 +407,7 @@ def detach_step(step):
             return x.detach()
         if isinstance(x, tuple):
             return type(x)(*map(d, x)) if hasattr(x, "_fields") else tuple(map(d, x))
+        if isinstance(x, dict):
+            return {k: d(v) for k, v in x.items()}
         return x
     return d(step)

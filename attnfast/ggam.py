@@ -24,12 +24,13 @@ import torch.nn as nn
 
 from . import ops
 from ._args import count, flag, real
-from ._compat import donated_buffer_disabled
-from .capture import (FixedBatchStatistics, SupervisedWrapper, check_targets,
-                      classification_loss, refuse_compiled_double_backward, resolve_layer,
-                      score_grads)
+from ._compat import compile_opaque, donated_buffer_disabled
+from .capture import (FixedBatchStatistics, SupervisedWrapper, check_feature_map,
+                      check_targets, classification_loss, refuse_compiled_double_backward,
+                      resolve_layer, score_grads)
 
-__all__ = ["GGAM", "GGAMStep", "ChannelSpatialAttention", "GUIDES", "guide_logits"]
+__all__ = ["GGAM", "GGAMStep", "ChannelSpatialAttention", "GUIDES", "guide_logits",
+           "layer_channels"]
 
 GUIDES = ("paper", "standardized")
 
@@ -92,6 +93,34 @@ class ChannelSpatialAttention(nn.Module):
         return d * (a.shape[2] * a.shape[3]), s, t
 
 
+def layer_channels(module):
+    """The channel count of ``module``'s output as far as its structure says: ``out_channels``
+    of a conv / ``num_features`` of a BatchNorm (the module itself, else the last such inside
+    it, in registration order), or None."""
+    for m in reversed(list(module.modules())):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            return m.out_channels
+        if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+            return m.num_features
+    return None
+
+
+def _channels(module, layer, channels):
+    """``channels``, checked against (or, None, read from) the layer's structure."""
+    found = layer_channels(module)
+    if channels is None:
+        if found is None:
+            raise ValueError(f"GGAM cannot read the channel count of layer {layer!r} "
+                             f"({type(module).__name__}: no Conv2d or BatchNorm2d inside); "
+                             "pass channels=")
+        return found
+    count(channels, "channels")
+    if found is not None and found != channels:
+        raise ValueError(f"GGAM: channels={channels} but layer {layer!r} outputs {found} "
+                         "channels (its last conv / BatchNorm); pass channels=None to use them")
+    return channels
+
+
 class GGAM(SupervisedWrapper):
     """GGAM around ``model``: the channel-spatial module rescales the output of ``layer``.
 
@@ -104,9 +133,20 @@ class GGAM(SupervisedWrapper):
     after ``layer`` held fixed (exact per-sample; see :mod:`attnfast.capture`); without it, in
     train mode, beta[n] also holds the other samples' terms through those statistics.
     ``ggam(images)`` -> logits (the module applied).
+
+    ``channels``: the number of channels of ``layer``'s output; None (default) reads it from the
+    layer (:func:`layer_channels`: the last ``Conv2d`` / ``BatchNorm2d`` inside it); a given
+    value is checked against the layer's when that can be read, and in any case against the
+    output on the first call (a mismatch there removes the wrapper and raises).
+
+    While the wrapper is attached, the bare ``model(x)`` runs the module too (the hook is on the
+    model); the module's parameters live in the wrapper, not in ``model``: save and load
+    ``ggam.state_dict()`` (model and module), not ``model.state_dict()``. ``ggam.remove()`` or
+    ``with GGAM(...) as ggam:`` takes the module off (:class:`attnfast.capture.Attached`): the
+    model then gives its old output again. A second GGAM on the same layer is refused.
     """
 
-    def __init__(self, model, layer="layer4", *, channels, reduction=16, weight=1.0,
+    def __init__(self, model, layer="layer4", *, channels=None, reduction=16, weight=1.0,
                  target="predicted", multilabel=False, guide="paper", per_sample_grads=False):
         super().__init__()
         weight = real(weight, "weight", lo=0.0)
@@ -116,19 +156,30 @@ class GGAM(SupervisedWrapper):
         if guide not in GUIDES:
             raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}")
         refuse_compiled_double_backward(model, "GGAM", False)
+        module = resolve_layer(model, layer)
+        channels = _channels(module, layer, channels)
         self.model, self.layer = model, layer
         self.attention = ChannelSpatialAttention(channels, reduction)
         self.weight, self.target, self.multilabel, self.guide = weight, target, multilabel, guide
         self._capture, self._store = False, {}
-        self._handle = resolve_layer(model, layer).register_forward_hook(self._attend)
+        claim = self._claim_output(module, layer)  # refuses a layer another GGAM changes
         self._fixed = FixedBatchStatistics(model) if per_sample_grads else None
+        self._handle = module.register_forward_hook(self._attend)
+        self._attach(claim, *([self._fixed] if self._fixed else []), self._handle)
 
     @property
     def per_sample_grads(self) -> bool:
         return self._fixed is not None
 
-    @torch.compiler.disable
+    @compile_opaque
     def _attend(self, module, args, output):
+        k = self.attention.fc1.in_features
+        if not isinstance(output, torch.Tensor) or output.dim() != 4 or output.shape[1] != k:
+            self.remove()   # the model is left as it was before the wrapper
+            check_feature_map(self.layer, module, output, "GGAM (removed from the model)")
+            raise ValueError(f"GGAM: layer {self.layer!r} outputs {output.shape[1]} channels, "
+                             f"not channels={k}; the wrapper has removed itself from the model "
+                             "(the model is as it was): make it again with the right channels")
         if self._capture:
             FixedBatchStatistics.arm(self._fixed)  # before the module: it may hold BatchNorm
         d, s, t = self.attention(output)
@@ -143,7 +194,7 @@ class GGAM(SupervisedWrapper):
         loss = cls + self.weight * attn
         return GGAMStep(logits, loss, cls, attn, s, t, beta, classes)
 
-    @torch.compiler.disable  # autograd.grad w.r.t. the hooked input: eager (model may be compiled)
+    @compile_opaque  # autograd.grad w.r.t. the hooked input: eager (model may be compiled)
     def _forward_gradcam(self, images, targets):
         """Logits, checked targets, the Grad-CAM classes, S, T and beta (detached)."""
         with donated_buffer_disabled():

@@ -25,7 +25,7 @@ from ._args import flag, real
 from ._compat import donated_buffer_disabled
 from ._schema import GUIDANCE_KINDS, LOSS_CODES
 from .capture import (LayerTap, SupervisedWrapper, check_targets, classification_loss,
-                      refuse_compiled_double_backward, score_grads)
+                      detach_step, refuse_compiled_double_backward, score_grads)
 
 __all__ = ["Guidance", "GuidanceStep", "box_rows"]
 
@@ -94,7 +94,8 @@ class Guidance(SupervisedWrapper):
     ``g(images, targets, boxes, annotated=None, box_classes=None)`` -> :class:`GuidanceStep`
     (see :func:`box_rows` for the forms of ``boxes``); ``g(images)`` -> logits. Called with
     gradients disabled, the step is first-order and detached. ``remove()`` (or leaving a
-    ``with`` block) takes the hooks off the model, which then is exactly as it was.
+    ``with`` block) takes the hooks off the model, which then is exactly as it was
+    (:class:`attnfast.capture.Attached`).
     """
 
     def __init__(self, model, layers="layer4", *, attention="gradcam", loss="energy", weight=1.0,
@@ -114,10 +115,12 @@ class Guidance(SupervisedWrapper):
                             ("per_sample_grads", per_sample_grads)):
             flag(value, name)
         refuse_compiled_double_backward(model, "Guidance", second_order)
-        self._tap = LayerTap(model, tuple(self.weights), per_sample=per_sample_grads)
         self.model = model
         self.attention, self.loss_kind, self.eps = attention, loss, real(eps, "eps", positive=True)
         self.second_order, self.multilabel = second_order, multilabel
+        self._tap = LayerTap(model, tuple(self.weights), per_sample=per_sample_grads,
+                             user="Guidance")
+        self._attach(self._tap)  # last: a failed construction attaches nothing
 
     @property
     def weight(self):
@@ -130,6 +133,8 @@ class Guidance(SupervisedWrapper):
         self.weights = {name: value for name in self.weights}
 
     def forward(self, images, targets=None, boxes=None, annotated=None, box_classes=None):
+        """The step of ``images``, ``targets`` and ``boxes``, or the logits without targets."""
+        self._require_attached()
         if targets is None:
             with donated_buffer_disabled():
                 return self.model(images)
@@ -139,8 +144,7 @@ class Guidance(SupervisedWrapper):
         with torch.enable_grad():
             step = self._guided(images, targets, boxes, annotated, box_classes,
                                 self.second_order and keep_graph)
-        return step if keep_graph else type(step)(*(x.detach() if torch.is_tensor(x) else x
-                                                    for x in step))
+        return step if keep_graph else detach_step(step)
 
     @torch.compiler.disable  # autograd.grad w.r.t. hooked features: eager (model may be compiled)
     def _guided(self, images, targets, boxes, annotated, box_classes, create_graph):
@@ -179,13 +183,3 @@ class Guidance(SupervisedWrapper):
             sels.append(sel)
         back = torch.cat(sels).argsort()  # slot order -> row order
         return [torch.cat(p)[back] for p in pieces]
-
-    def remove(self):
-        """Take the hooks off the model: it computes exactly what it did before wrapping."""
-        self._tap.remove()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.remove()

@@ -184,7 +184,7 @@ def evaluate(model, data, boxes):
             m = probe.attention_maps(xb, y[i:i + 128])
             for k in maps:
                 maps[k].append(m[k])
-    probe._tap.remove()
+    probe.remove()
     out["top1"] *= 100 / len(x)
     for k, v in maps.items():
         if v:
@@ -245,7 +245,7 @@ def coupling(model, x, y):
         with torch.enable_grad():
             r = sf._gradients(x, y, False)
         g[flag] = (r.inner, r.inner_target)
-        sf._tap.remove()
+        sf.remove()
     f = g[False][0]
     sf = SharpenFocus(model, inner, last)
     with torch.enable_grad():
@@ -253,7 +253,7 @@ def coupling(model, x, y):
         scores = r.logits.gather(1, y[:, None])[:, 0]
         jac, = torch.autograd.grad(scores, r.inner, torch.eye(len(y)), is_grads_batched=True,
                                    retain_graph=True)
-    sf._tap.remove()
+    sf.remove()
     diag = jac[torch.arange(len(y)), torch.arange(len(y))]
     fixed, coupled = g[True][1], g[False][1]
 
@@ -296,7 +296,7 @@ def cmd_init(args):
                    attnfast.ggam.guide_logits(soft.gradcam_weights, "standardized")).mean().item(),
                "beta_abs_mean": beta.abs().mean().item(), "beta_abs_max": beta.abs().max().item(),
                "q_max_dev": (q * q.shape[1] - 1).abs().amax().item()}
-        gg._handle.remove()
+        gg.remove()
         model, _ = make("baseline", data, seed)
         row.update({f"init_{k}": v for k, v in coupling(model, x, y).items()})
         train(Baseline(model), data, seed, args.epochs)

@@ -3,6 +3,7 @@ pinned values; targets (top-k, several per image); AMP, channels_last, torch.com
 the differentiable option; how many backward calls a batch costs."""
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -351,3 +352,48 @@ def test_save_overlay(tmp_path):
                         targets=torch.tensor([1, 2, 3]), title="test")
     assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert save_overlay(tmp_path / "plain.png", x, out).exists()
+
+
+def test_train_mode_warns_eval_does_not():
+    """A model whose BatchNorm is in train mode mixes the batch into each map: warned."""
+    model, x = _model(), _images()
+    with CAM(model, "layer3") as cam:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            cam(x)                                 # eval mode: silent
+        model.train()
+        with pytest.warns(UserWarning, match="CAM of a model in train mode.*model.eval()"):
+            cam(x)
+
+
+def test_overlay_images_denormalized():
+    """viz.displayable: mean/std (or a callable) bring normalized images back to [0, 1],
+    values still outside are clipped with a warning naming the span."""
+    from attnfast.viz import displayable
+    img = torch.tensor([0.0, 0.25, 0.5, 1.0]).reshape(1, 1, 2, 2).expand(1, 3, 2, 2)
+    mean, std = (0.5, 0.4, 0.3), (0.25, 0.5, 0.2)
+    x = (img - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(displayable(x, mean, std), img, rtol=0, atol=1e-6)
+        torch.testing.assert_close(displayable(x, denormalize=lambda t: img), img, rtol=0,
+                                   atol=0)
+    # lowest (0 - 0.5) / 0.25 = -2 (channel 0), highest (1 - 0.3) / 0.2 = 3.5 (channel 2)
+    with pytest.warns(UserWarning, match=r"image values span \[-2, 3.5\], outside \[0, 1\]"):
+        shown = displayable(x)
+    assert float(shown.min()) == 0 and float(shown.max()) == 1
+    with pytest.raises(ValueError, match="not both"):
+        displayable(x, mean, std, denormalize=lambda t: t)
+
+
+def test_save_overlay_with_mean_std(tmp_path):
+    pytest.importorskip("matplotlib", reason="save_overlay draws with matplotlib")
+    model, x = _model(), _images()
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    normalized = (x - 0.5) / 0.25
+    out = CAM(model, "layer3")(normalized, topk=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert save_overlay(tmp_path / "ok.png", normalized, out, mean=mean, std=std).exists()
+    with pytest.warns(UserWarning, match="outside \\[0, 1\\]"):
+        save_overlay(tmp_path / "clipped.png", normalized, out)

@@ -233,7 +233,7 @@ def test_fixed_statistics_removed_with_the_tap():
     model = tiny()
     sf = SharpenFocus(model, INNER, LAST, per_sample_grads=True)
     assert all(len(m._forward_hooks) == 1 for m in norms(model))
-    sf._tap.remove()
+    sf.remove()
     assert all(len(m._forward_hooks) == 0 for m in norms(model))
 
 

@@ -96,3 +96,45 @@ def test_trainer_under_torchrun(tmp_path, method):
     metrics = json.loads((out / method / "metrics.json").read_text())
     assert metrics["epochs"][0]["train_images"] == 64
     assert (out / method / "checkpoint.pt").is_file()
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_train_and_evaluate_as_one(tmp_path):
+    """``torchrun --nnodes 2`` (two node ranks on this machine, c10d rendezvous on localhost,
+    gloo, one process each) gives the same weights and metrics as one node with two processes
+    and the same global batch (issue 19, item 9)."""
+    args = ["-m", "attnfast.train", "--method", "sharpen-focus", "--data", "synthetic",
+            "--train-size", "32", "--test-size", "16", "--model", "resnet8", "--image-size",
+            "16", "--epochs", "1", "--batch-size", "16", "--pictures", "0", "--no-progress",
+            "--seeds", "1", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "torch.distributed.run"]
+    one = subprocess.run([*run, "--standalone", "--nproc_per_node", "2", *args, "--out",
+                          str(tmp_path / "one")], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    rdzv = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+            "--rdzv_endpoint", f"localhost:{_free_port()}", "--rdzv_id", "attnfast-two-nodes"]
+    nodes = [subprocess.Popen([*run, *rdzv, "--node_rank", str(i), *args, "--out",
+                               str(tmp_path / "two")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for i in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in nodes]
+    for p, (o, e) in zip(nodes, outs):
+        assert p.returncode == 0, o[-3000:] + e[-3000:]
+    assert "2 process(es)" in "".join(o for o, _ in outs)
+    got = [torch.load(tmp_path / run_dir / "sharpen-focus" / "checkpoint.pt",
+                      weights_only=True) for run_dir in ("one", "two")]
+    assert got[0]["net"].keys() == got[1]["net"].keys()
+    for k, v in got[0]["net"].items():
+        assert torch.equal(v, got[1]["net"][k]), k
+    rows = [json.loads((tmp_path / d / "sharpen-focus" / "metrics.json").read_text())["epochs"]
+            for d in ("one", "two")]
+    assert rows[0][0]["train_images"] == rows[1][0]["train_images"] == 32
+    keep = lambda r: {k: v for k, v in r.items() if "time" not in k and "per_s" not in k}  # noqa
+    assert keep(rows[0][0]) == keep(rows[1][0])

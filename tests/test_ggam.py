@@ -176,6 +176,6 @@ def test_wrapper_standardized_guide_loss():
             torch.testing.assert_close(step.attention_loss, want, rtol=1e-12, atol=1e-15)
             torch.testing.assert_close(step.loss, step.classification_loss + 3.0 * want,
                                        rtol=1e-12, atol=1e-15)
-            gg._handle.remove()
+            gg.remove()
     with pytest.raises(ValueError, match="guide"):
         attnfast.GGAM(model, "layer3", channels=64, guide="softmax")

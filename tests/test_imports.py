@@ -110,3 +110,37 @@ def test_module_imports_alone(module):
     run = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, f"import {module} failed:\n{run.stderr[-3000:]}"
+
+
+APPS = ("attnfast.train", "attnfast.bench")
+
+
+def _app(module):
+    """The app (train or bench) that ``module`` belongs to, or None for the library."""
+    return next((a for a in APPS if module == a or module.startswith(a + ".")), None)
+
+
+def test_library_never_imports_its_apps():
+    """attnfast outside train/ and bench/ imports nothing from them, and the two apps import
+    nothing from each other (issue 21: cam.py drew with train.pictures, bench used
+    train.models)."""
+    bad = [f"{m} imports {t}" for m, targets in _graph().items() for t in sorted(targets)
+           if _app(t) is not None and _app(t) != _app(m)]
+    assert not bad, "; ".join(bad)
+
+
+def test_app_import_check_finds_one():
+    """The checker itself: a library module importing the trainer is found."""
+    assert _app("attnfast.train.models") == "attnfast.train" and _app("attnfast.cam") is None
+    assert _app("attnfast.trainer") is None
+
+
+def test_import_attnfast_leaves_dynamo_alone():
+    """``import attnfast`` (and its wrappers and CAM) does not import torch._dynamo (about 1.6 s);
+    the wrappers import it on their first call."""
+    code = ("import sys, attnfast, attnfast.cam, attnfast.viz; "
+            "print('torch._dynamo' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == "False"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..train import models
+from .. import models
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 MB = 2.0 ** 20
@@ -180,7 +180,7 @@ def selected_kernel_cases(cfg: Config) -> list:
 # ========================================================================== training steps
 @dataclass(frozen=True)
 class TrainNet:
-    """A training case: ``attnfast.train.models`` name (``cifar_stem``: its 7x7/2 stem and max-pool
+    """A training case: ``attnfast.models`` name (``cifar_stem``: its 7x7/2 stem and max-pool
     replaced by a 3x3/1 conv, the usual ResNet-18 for 32 x 32 inputs), input size, classes, N."""
     model: str
     size: int
@@ -210,3 +210,23 @@ def train_cases(cfg: Config) -> list:
     filtered by --cases."""
     nets = TRAIN_NETS["quick" if cfg.quick and cfg.device == "cpu" else cfg.device]
     return [(f"train/{k}", v) for k, v in nets.items() if cfg.selected(f"train/{k}", k)]
+
+
+def case_names(cfg: Config) -> list:
+    """[(name, what)] of every case this run could measure, --cases aside: kernel cases (with
+    their op and network, which --cases globs also match) and training cases."""
+    unfiltered = Config(**{**vars(cfg), "cases": []})
+    kernels = [(c.name, f"op {c.op}, network {c.net}") for c in kernel_cases(cfg.device)]
+    train = [(name, f"training step, {net.model} N {net.n}")
+             for name, net in train_cases(unfiltered)]
+    return kernels + train
+
+
+def unmatched(cfg: Config) -> list:
+    """The --cases patterns that select no case (by case, op or network name)."""
+    kernels = kernel_cases(cfg.device)
+    trains = [(name, name.split("/", 1)[1]) for name, _ in
+              train_cases(Config(**{**vars(cfg), "cases": []}))]
+    return [p for p in cfg.cases
+            if not any(fnmatch.fnmatch(n, p) for c in kernels for n in (c.name, c.op, c.net))
+            and not any(fnmatch.fnmatch(n, p) for t in trains for n in t)]

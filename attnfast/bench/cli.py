@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cases import Config, default_device, make_config
+from .cases import Config, case_names, default_device, make_config, unmatched
 from .measure import run
-from .report import KERNEL_COLUMNS, TRAIN_COLUMNS, format_table, write_results
+from .report import (KERNEL_COLUMNS, LEGEND, TRAIN_COLUMNS, format_table, noisy_lines,
+                     write_results)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch CPU threads (torch.set_num_threads); default: torch's choice")
     p.add_argument("--repeats", type=int, help="timed calls per measurement")
     p.add_argument("--warmup", type=int, help="untimed calls before them")
+    p.add_argument("--list", action="store_true",
+                   help="list the case names --cases matches (with their op and network) and exit")
     p.add_argument("--no-kernels", action="store_true")
     p.add_argument("--no-training", action="store_true")
     p.add_argument("--out", type=Path, default=Path("benchmarks") / "results",
@@ -49,16 +52,26 @@ def config_from_args(a: argparse.Namespace) -> Config:
 
 
 def main(argv=None) -> int:
-    """Run the benchmarks of the command line ``argv``; prints the tables and the targets,
-    writes the JSON, Markdown and PNG files; returns 0."""
+    """Run the benchmarks of the command line ``argv``; prints the tables, a warning for
+    measurements whose repeats disagree, the targets and what the columns mean; writes the JSON,
+    Markdown and PNG files; returns 0 (``--list``: prints the case names). A --cases pattern
+    that matches no case is refused with the list of names (SystemExit), before measuring."""
     a = parse_args(argv)
     cfg = config_from_args(a)
+    if a.list:
+        print("\n".join(f"{name:32s} {what}" for name, what in case_names(cfg)))
+        return 0
+    missing = unmatched(cfg)
+    if missing:
+        names = ", ".join(name for name, _ in case_names(cfg))
+        raise SystemExit(f"attnfast.bench: --cases {','.join(missing)} matches no case (globs "
+                         f"over case, op or network names; --list shows them all): {names}")
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     result = run(cfg, kernels=not a.no_kernels, training=not a.no_training, log=log)
     for key, columns in (("kernels", KERNEL_COLUMNS), ("training", TRAIN_COLUMNS)):
         if result[key]:
             print(format_table(result[key], columns, 3), "\n")
-    print("\n".join(result["targets"]))
+    print("\n".join([*noisy_lines(result), *result["targets"], "", *LEGEND]))
     stem = write_results(result, a.out)
     print(f"\nwrote {stem}.json, .md, .png")
     return 0

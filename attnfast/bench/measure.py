@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .cases import MB, MODES, Config, selected_kernel_cases, train_cases
 from .providers import providers
-from .report import environment, loadavg, target_lines
+from .report import environment, flag_noisy, loadavg, target_lines
 from .timing import (Timed, cache_flusher, copy_bandwidth, describe, peak_extra, summarize,
                      time_interleaved)
 from .workloads import KernelWorkload, TrainStep, train_variants
@@ -105,8 +105,8 @@ def run(cfg: Config, kernels=True, training=True, log=print) -> dict:
     meta = environment(cfg)
     copy = copy_bandwidth(cfg)
     log(f"  device copy: {copy['gbps']:.1f} GB/s")
-    krows = run_kernels(cfg, copy, log) if kernels else []
-    trows = run_training(cfg, log) if training else []
+    krows = flag_noisy(run_kernels(cfg, copy, log) if kernels else [])
+    trows = flag_noisy(run_training(cfg, log) if training else [])
     meta["loadavg_end"] = loadavg()
     return {"meta": meta, "config": dict(vars(cfg)),
             "copy": copy, "kernels": krows, "training": trows,

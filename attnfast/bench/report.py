@@ -20,13 +20,49 @@ KERNEL_COLUMNS = (("case", "case", "{}"), ("mode", "mode", "{}"), ("provider", "
                   ("median ms", "median_ms", "{:.3f}"), ("IQR ms", "iqr_ms", "{:.3f}"),
                   ("x eager", "vs_eager", "{:.2f}"), ("x compile", "vs_compile", "{:.2f}"),
                   ("GB/s", "gbps", "{:.1f}"), ("% copy", "pct_copy", "{:.0f}"),
-                  ("peak extra MB", "peak_extra_mb", "{:.1f}"))
+                  ("peak extra MB", "peak_extra_mb", "{:.1f}"), ("noisy", "noisy", "{}"))
 TRAIN_COLUMNS = (("case", "case", "{}"), ("variant", "variant", "{}"), ("ops", "ops", "{}"),
                  ("N", "batch", "{}"),
                  ("step ms", "median_ms", "{:.1f}"), ("IQR ms", "iqr_ms", "{:.1f}"),
                  ("time x baseline", "time_x_baseline", "{:.2f}"),
                  ("peak MB", "peak_mb", "{:.0f}"), ("mem x baseline", "mem_x_baseline", "{:.2f}"),
-                 ("x faster than hooks", "speedup_vs_hooks", "{:.2f}"))
+                 ("x faster than hooks", "speedup_vs_hooks", "{:.2f}"), ("noisy", "noisy", "{}"))
+# A measurement whose repeats spread by more than this (IQR / median) is flagged as noisy: its
+# ratios are not to be trusted (on a busy machine the same case read 0.52x, 2.86x and 2.29x).
+NOISY = 0.25
+LEGEND = (
+    "What the columns mean: median / IQR: of the timed repeats; x eager, x compile, "
+    "time x baseline: time ratios between providers (or variants) timed in turns in this run "
+    "(> 1 in 'x eager': faster than eager); GB/s: the least bytes the call must move over its "
+    "median time; % copy: that as a percentage of a plain tensor copy (y.copy_(x), measured in "
+    "this run): how near the memory-bandwidth limit the kernel runs; noisy '!': repeats spread "
+    f"by more than {NOISY:.0%} of the median.",
+    "The targets (PASS/MISS) are the project's performance goals, listed under 'Targets' in "
+    "benchmarks/README.md: C++ CPU fused loss >= 2x eager forward+backward; Sharpen Focus "
+    "first-order step <= 1.10x the baseline step and >= 2.2x faster than the hooks approach; "
+    "second order <= 1.5x; first-order peak memory <= 1.10x.")
+
+
+def flag_noisy(rows) -> list:
+    """Set ``row["noisy"]`` ("!" or "") on every timed row: whether its repeats spread (q3 - q1)
+    by more than :data:`NOISY` of their median; returns the rows."""
+    for r in rows:
+        if "median_ms" in r:
+            spread = (r["q3_ms"] - r["q1_ms"]) / r["median_ms"] if r["median_ms"] > 0 else 0.0
+            r["noisy"] = "!" if spread > NOISY else ""
+    return rows
+
+
+def noisy_lines(result) -> list:
+    """A warning naming the measurements whose repeats disagree (``noisy``), or nothing."""
+    rows = [r for key in ("kernels", "training") for r in result[key] if r.get("noisy")]
+    if not rows:
+        return []
+    names = sorted({f"{r['case']} {r.get('mode', '')} {r.get('provider', r.get('variant'))}"
+                    .replace("  ", " ") for r in rows})
+    return [f"WARNING: {len(rows)} measurement(s) spread by more than {NOISY:.0%} of their "
+            f"median over the repeats (marked '!'); their ratios are unreliable: rerun on a "
+            f"quiet machine or with more --repeats: {'; '.join(names)}"]
 
 
 def format_table(rows, columns, labels, markdown=False) -> str:
@@ -219,6 +255,7 @@ def write_results(result: dict, out: Path) -> Path:
             md += [f"## {title}", "", format_table(rows, columns, 3, True), ""]
     if result["targets"]:
         md += ["## Targets", "", *[f"- {t}" for t in result["targets"]], ""]
+    md += [*noisy_lines(result), "", *LEGEND, ""]
     stem.with_suffix(".md").write_text("\n".join(md))
     plot(result, stem.with_suffix(".png"))
     return stem

@@ -13,12 +13,15 @@ and one written with other run settings (:data:`NOT_THE_RUN` lists the options t
 change the run) unless ``--resume-override`` is given; it restores every state dict and the
 process's RNG state, so a resumed run equals an uninterrupted one.
 
-Temp files: :func:`atomic_write` writes ``.<name>.tmp<pid>`` next to the target and renames it;
+Temp files: :func:`atomic_write` writes ``.<name>.tmp<pid>`` next to the target, fsyncs and
+renames it (a failed write, e.g. on a full disk, leaves the target as it was and stops the run
+with a message naming the file and the cause);
 a process killed in between leaves it behind, and :func:`remove_stale_temps` deletes those whose
 pid is no longer alive.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -34,7 +37,7 @@ FORMAT = 1
 NOT_THE_RUN = frozenset({
     "out", "resume", "resume_override", "stop_after", "progress", "pictures", "workers",
     "threads", "device", "data_dir", "method", "methods", "compare", "seeds", "eval_every",
-    "compile", "compile_backend"})
+    "compile", "compile_backend", "overwrite"})
 
 
 class CheckpointError(SystemExit):
@@ -49,8 +52,21 @@ def _temp_name(path, pid):
     return path.with_name(f".{path.name}.tmp{pid}")
 
 
+def _os_error(exc):
+    """The OSError behind ``exc``: itself or one in its chain of causes (``torch.save`` turns a
+    failed write of its file object into a C++ ``RuntimeError`` whose context is the OSError)."""
+    while exc is not None:
+        if isinstance(exc, OSError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def atomic_write(path, write):
-    """Call ``write(file_object)`` on a temp file next to ``path``, then rename it over ``path``."""
+    """Call ``write(file_object)`` on a temp file next to ``path``, fsync it, then rename it over
+    ``path``. When the write fails for a reason of the system (a full disk: ENOSPC, a quota, an
+    I/O error) the temp file is removed, ``path`` keeps what it held, and a
+    :class:`CheckpointError` names the file and the cause."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path, os.getpid())
@@ -60,6 +76,16 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        cause = _os_error(e)
+        if cause is None:
+            raise
+        code = errno.errorcode.get(cause.errno, "")
+        kept = (f"{path} is left as it was" if path.exists() else f"no earlier {path.name} "
+                "existed")
+        raise CheckpointError(f"cannot write {path}: {cause.strerror or cause}"
+                              f"{f' ({code})' if code else ''}; {kept}. Free space (or use "
+                              "another --out), then run again with --resume") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -6,6 +6,8 @@ With ``--seeds N`` (N > 1) seed s runs in ``<out>/seed<s>/<method>/``; with one 
 ``<out>/<method>/``. The data set is built once (``--data-seed``) and shared by every seed."""
 from __future__ import annotations
 
+import json
+import shlex
 import sys
 import tempfile
 import time
@@ -45,9 +47,16 @@ def run_dirs(cfg):
 
 
 def preflight(cfg):
-    """Before any training: every output folder can be created and written (a file is
+    """Before any training: no output folder holds a run already (unless --resume continues it
+    or --overwrite replaces it), every output folder can be created and written (a file is
     written and removed in each), and with --resume every checkpoint there is sound and of
     the same settings (:func:`checkpoints.check`). Raises SystemExit naming the path."""
+    if not cfg.get("resume") and not cfg.get("overwrite"):
+        held = [folder / name for _, folder, _ in run_dirs(cfg)
+                for name in ("checkpoint.pt", "metrics.json") if (folder / name).is_file()]
+        if held:
+            raise SystemExit(f"--out {cfg['out']} already holds a run ({held[0]}); add --resume "
+                             "to continue it, --overwrite to replace it, or choose another --out")
     for seed, folder, method in run_dirs(cfg):
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -61,9 +70,33 @@ def preflight(cfg):
             checkpoints.check(ckpt, method, dict(cfg, seed=seed), "cpu")
 
 
+def write_configs(cfg):
+    """``config.json`` in every run folder: the run's resolved settings (recipe, defaults and
+    command line merged; that folder's seed)."""
+    for seed, folder, method in run_dirs(cfg):
+        doc = dict(checkpoints.plain_config(dict(cfg, seed=seed)), method=method)
+        text = json.dumps(doc, indent=2, sort_keys=True).encode()
+        checkpoints.atomic_write(folder / "config.json", lambda f: f.write(text))
+
+
+def resume_command(argv):
+    """The command line that continues this run: ``argv`` with --resume (and no --overwrite)."""
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--overwrite"]
+    return " ".join(["python -m attnfast.train", *map(shlex.quote, args),
+                     *([] if "--resume" in args else ["--resume"])])
+
+
+def interrupted(folder, argv):
+    """The one line printed on Ctrl-C: where the last checkpoint is and how to resume."""
+    ckpt = folder / "checkpoint.pt"
+    where = (f"the last checkpoint is {ckpt} (written at the end of the last finished epoch)"
+             if ckpt.is_file() else f"no checkpoint was written yet in {folder}")
+    return f"interrupted: {where}; continue with: {resume_command(argv)}"
+
+
 def main(argv=None):
     """Train and compare the methods of the command line ``argv``; returns the exit status
-    (1 when a loss became non-finite)."""
+    (1 when a loss became non-finite, 2 when the data source cannot be read, 130 on Ctrl-C)."""
     cfg = configure(parse_args(argv))
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
@@ -71,24 +104,40 @@ def main(argv=None):
     preflight(cfg)
     log = print if dst.main else (lambda *a, **k: None)
     t0 = time.perf_counter()
-    data = load_data(cfg)
+    try:
+        data = load_data(cfg)
+    except (ValueError, OSError, ImportError) as e:  # a missing folder, file or package
+        print(f"error: data source {cfg['data']}: {e}", file=sys.stderr)
+        return 2
+    if dst.main:
+        write_configs(cfg)
     val = f" / {len(data.val)} val" if data.val is not None else ""
     seeds = list(range(cfg["seed"], cfg["seed"] + cfg["seeds"]))
+    methods = cfg["methods"]
+    log(f"training {len(seeds) * len(methods)} model(s): {len(seeds)} seed(s) x "
+        f"{len(methods)} method(s) ({', '.join(methods)}), {cfg['epochs']} epoch(s) each "
+        "(--seeds, --method)")
     log(f"data {data.name}: {len(data.train)} train{val} / {len(data.test)} test images, "
         f"{data.num_classes} classes, {data.image_size}x{data.image_size}; model {cfg['model']}; "
         f"{dst.world} process(es) on {dst.device}, {torch.get_num_threads()} threads; "
         f"lr {cfg['lr']:g}, batch {cfg['batch_size']}, {cfg['epochs']} epochs; seeds "
-        f"{', '.join(map(str, seeds))}; metrics on the {cfg['eval_split']} split")
+        f"{', '.join(map(str, seeds))}; metrics on the {cfg['eval_split']} split; "
+        f"settings in <run>/config.json")
     runs, written = [], []
     for seed in seeds:
         scfg = dict(cfg, seed=seed, out=str(seed_out(cfg, seed)))
         results = []
+        folder = seed_out(cfg, seed)
         try:
-            for method in cfg["methods"]:
+            for method in methods:
+                folder = seed_out(cfg, seed) / method
                 results.append(run(scfg, method, data, dst, log))
         except NonFiniteLoss as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print(interrupted(folder, argv), file=sys.stderr)
+            return 130
         if seed == seeds[0]:
             written = attention_pictures(scfg, data, results, dst)
         runs.append([{k: v for k, v in r.items() if not k.startswith("_")} for r in results])

@@ -1,5 +1,5 @@
 """The model of a run and the wrapper of its method (``recipes.METHODS``): the baseline,
-Sharpen Focus or GGAM around a model from :mod:`attnfast.train.models` (or torchvision), and
+Sharpen Focus or GGAM around a model from :mod:`attnfast.models` (or torchvision), and
 the probe that measures attention on every method (the same probe for every method: first
 order, the paper's loss options, so that its numbers compare across methods)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from ..baseline import Baseline
 from ..ggam import GGAM
 from ..guidance import Guidance
 from ..sharpen_focus import SharpenFocus
-from . import models
+from .. import models
 from .recipes import method_weight
 
 
@@ -43,10 +43,7 @@ def build(cfg, method, data, dst):
                                          cfg["consistency_weight"]), **exact, **sf_kw)
     elif method == "ggam":
         layer = cfg.get("ggam_layer") or last
-        channels = getattr(model, "stage_channels", {}).get(layer)
-        if channels is None:
-            raise SystemExit(f"GGAM needs the channel count of {layer!r}; use a model from "
-                             f"attnfast.train.models ({models.available()})")
+        channels = getattr(model, "stage_channels", {}).get(layer)  # None: GGAM reads the layer
         net = GGAM(model, layer, channels=channels, reduction=cfg["reduction"],
                    weight=method_weight(cfg, method),
                    target=cfg["ggam_target"], multilabel=data.multilabel,

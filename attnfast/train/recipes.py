@@ -9,10 +9,13 @@ import argparse
 import math
 
 from . import data as data_mod
-from . import models
+from .. import models
 
 DESCRIPTION = ("Thin trainer for Sharpen Focus, GGAM and guidance from boxes: "
-               "``python -m attnfast.train`` / ``attnfast-train``.")
+               "``python -m attnfast.train`` / ``attnfast-train``. The defaults shown are those of "
+               "the located-digits recipe (the main job); --recipe NAME brings that recipe's "
+               "values instead.")
+SHOWN_RECIPE = "located-digits"  # whose values --help shows as the defaults
 METHODS = ("baseline", "sharpen-focus", "ggam", "guidance")
 
 # Paper recipes (Sharpen Focus Sec. 4; He et al. 2016 for CIFAR-10). Values a paper leaves open
@@ -66,17 +69,26 @@ SF_PAPER = dict(weight=1.0, inner_weight=1.0, last_weight=1.0, consistency_weigh
 # ----------------------------------------------------------------------------- options
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="attnfast-train", description=DESCRIPTION,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = p.add_argument
+    p = argparse.ArgumentParser(prog="attnfast-train", description=DESCRIPTION)
+    recipe = RECIPES[SHOWN_RECIPE]
+    shown = {**DEFAULTS, **SF_PAPER, **recipe, **recipe.get("sf", {})}
+
+    def a(*flags, **kw):
+        """add_argument, the help ending in the value the option takes when not given: its
+        default, or the shown recipe's value (unless the help already says)."""
+        act = p.add_argument(*flags, **kw)
+        value = act.default if act.default is not None else shown.get(act.dest)
+        if act.nargs != 0 and "default" not in (act.help or "") and value not in (None, ()):
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            act.help = f"{act.help or ''} (default: {text})".lstrip()
+        return act
     a("--method", default=None, help="baseline | sharpen-focus | ggam, or a comma list")
     a("--compare", action="store_true",
       help="train the baseline too and compare (without --method: baseline and sharpen-focus, "
            "which is also the default)")
     a("--recipe", default="located-digits", choices=sorted(RECIPES),
       help="recipe by name (located-digits: the main job; the others follow papers)")
-    a("--data", choices=sorted(data_mod.SOURCES), help="data source (default: the recipe's)")
+    a("--data", choices=sorted(data_mod.SOURCES), help="data source")
     a("--data-dir", help="local folder of the data source")
     a("--image-size", type=int)
     a("--per-class", type=int, help="caltech256: training images per class (30 or 60)")
@@ -148,6 +160,8 @@ def parse_args(argv=None):
     a("--out", help="output folder (default runs/<data>)")
     a("--resume", action="store_true", help="continue from <out>/<method>/checkpoint.pt "
                                             "(refused when its settings differ from these)")
+    a("--overwrite", action="store_true", help="train afresh into an --out that already holds "
+                                               "a run, replacing it (without it, refused)")
     a("--resume-override", action="store_true",
       help="with --resume: continue with this command line's settings where they differ from "
            "the checkpoint's (the LR schedule is recomputed for them)")
@@ -183,6 +197,14 @@ def configure(args) -> dict:
     cfg["milestones"] = tuple(cfg["milestones"])
     if cfg["resume_override"] and not cfg["resume"]:
         raise SystemExit("--resume-override goes with --resume")
+    if cfg["resume"] and cfg["overwrite"]:
+        raise SystemExit("--resume continues the run in --out, --overwrite replaces it: give one")
+    if cfg.get("data_dir") and cfg["data"] not in data_mod.FROM_FOLDER:
+        source = "--data" if "data" in given else f"the {args.recipe} recipe's source"
+        raise SystemExit(f"--data-dir {cfg['data_dir']} is not read by {source} "
+                         f"{cfg['data']!r}, which is built in memory; the sources read from a "
+                         f"folder are {', '.join(data_mod.FROM_FOLDER)}: add --data with one of "
+                         "them, or drop --data-dir")
     if cfg["seeds"] < 1:
         raise SystemExit(f"--seeds must be at least 1, got {cfg['seeds']}")
     if not 0.0 <= cfg["box_fraction"] <= 1.0:

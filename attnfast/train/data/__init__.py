@@ -31,7 +31,7 @@ from .base import Data, first, shard
 from .files import VOC_CLASSES, caltech256, cub200, imagefolder, voc2012
 from .located import located_digits
 
-__all__ = ["Data", "load", "SOURCES", "VOC_CLASSES", "shard", "first"]
+__all__ = ["Data", "load", "SOURCES", "FROM_FOLDER", "VOC_CLASSES", "shard", "first"]
 
 SOURCES = {
     "digits": digits,
@@ -46,6 +46,9 @@ SOURCES = {
     "synthetic": synthetic,
     "synthetic-multilabel": lambda **kw: synthetic(multilabel=True, **kw),
 }
+
+# The sources read from a local folder (``--data-dir``); the others are built in memory.
+FROM_FOLDER = ("cifar10", "cifar100", "imagefolder", "caltech256", "cub200", "voc2012")
 
 
 def load(name, root=None, **options) -> Data:

@@ -1,0 +1,190 @@
+"""ResNets with named stages for attention supervision.
+
+* CIFAR ResNets after He et al. 2016, Sec. 4.2: depth = 6n + 2, a 3x3 conv with 16 channels, three
+  stages ``layer1..layer3`` of n basic blocks with 16/32/64 channels (the 2nd and 3rd start with
+  stride 2), then global average pooling and ``fc``. Shortcuts: option "A" (parameter-free:
+  identity, subsampled by 2 and zero-padded in channels where the shape changes; the paper's CIFAR
+  choice) or "B" (1x1 conv + BN projection where the shape changes).
+* ImageNet-style ResNet-18 (basic blocks [2, 2, 2, 2]) and ResNet-50 (bottlenecks [3, 4, 6, 3],
+  expansion 4): 7x7/2 conv, 3x3/2 max-pool, stages ``layer1..layer4`` (64..512 widths), GAP, ``fc``.
+
+Every model has ``avgpool`` (GAP) feeding the ``nn.Linear`` ``fc`` directly, so the analytic
+last-layer gradient dY^c/dF[n,k,i,j] = W[c,k] / (H W) holds for ``last_layer`` = the last stage.
+``model.attention_layers`` gives the paper's (inner, last) pair (the last two stages) and
+``model.stage_channels`` maps each stage name to its output channels.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as nnf
+
+__all__ = ["CifarResNet", "ResNet", "create", "available", "cifar_resnet", "resnet18", "resnet50"]
+
+
+def _conv3x3(cin, cout, stride=1):
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+def _conv_bn(cin, cout, kernel, stride):
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride=stride, bias=False),
+                         nn.BatchNorm2d(cout))
+
+
+class PadShortcut(nn.Module):
+    """Option-A shortcut: x[:, :, ::s, ::s], zero-padded from cin to cout channels."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.stride, self.extra = stride, cout - cin
+
+    def forward(self, x):
+        x = x[:, :, ::self.stride, ::self.stride]
+        lo = self.extra // 2
+        return nnf.pad(x, (0, 0, 0, 0, lo, self.extra - lo))
+
+
+class BasicBlock(nn.Module):
+    """y = ReLU(BN(conv3x3(ReLU(BN(conv3x3(x))))) + shortcut(x))."""
+    expansion = 1
+
+    def __init__(self, cin, width, stride=1, shortcut="B"):
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1, self.bn1 = _conv3x3(cin, width, stride), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = _conv3x3(width, cout), nn.BatchNorm2d(cout)
+        self.shortcut = _shortcut(cin, cout, stride, shortcut)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    """y = ReLU(BN(conv1x1(ReLU(BN(conv3x3/s(ReLU(BN(conv1x1(x)))))))) + shortcut(x)), 4x wide."""
+    expansion = 4
+
+    def __init__(self, cin, width, stride=1, shortcut="B"):
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = _conv3x3(width, width, stride), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut = _shortcut(cin, cout, stride, shortcut)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(y)))
+        return torch.relu(self.bn3(self.conv3(y)) + self.shortcut(x))
+
+
+def _shortcut(cin, cout, stride, kind):
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    if kind == "A":
+        return PadShortcut(cin, cout, stride)
+    if kind == "B":
+        return _conv_bn(cin, cout, 1, stride)
+    raise ValueError(f"shortcut must be 'A' or 'B', got {kind!r}")
+
+
+def _stage(block, cin, width, blocks, stride, shortcut):
+    layers = []
+    for b in range(blocks):
+        layers.append(block(cin, width, stride if b == 0 else 1, shortcut))
+        cin = width * block.expansion
+    return nn.Sequential(*layers), cin
+
+
+class _Backbone(nn.Module):
+    """Stem, named stages, GAP, fc. Subclasses build ``stem`` and call ``_build_stages``."""
+
+    def _build_stages(self, block, cin, widths, depths, strides, shortcut, num_classes):
+        self.stage_channels = {}
+        for i, (w, d, s) in enumerate(zip(widths, depths, strides), start=1):
+            stage, cin = _stage(block, cin, w, d, s, shortcut)
+            self.add_module(f"layer{i}", stage)
+            self.stage_channels[f"layer{i}"] = cin
+        self.num_stages = len(widths)
+        self.attention_layers = (f"layer{self.num_stages - 1}", f"layer{self.num_stages}")
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = self.stem(x)
+        for i in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class CifarResNet(_Backbone):
+    """He et al. 2016 CIFAR ResNet of depth 6n + 2 (20, 32, 44, 56, 110, ...; 8 for quick tests)."""
+
+    def __init__(self, depth=20, num_classes=10, in_channels=3, shortcut="A"):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(_conv3x3(in_channels, 16), nn.BatchNorm2d(16), nn.ReLU())
+        self._build_stages(BasicBlock, 16, (16, 32, 64), (n, n, n), (1, 2, 2), shortcut,
+                           num_classes)
+
+
+class ResNet(_Backbone):
+    """ImageNet-style ResNet: 7x7/2 conv, 3x3/2 max-pool, four stages, GAP, fc."""
+
+    def __init__(self, block, depths, num_classes=1000, in_channels=3, shortcut="B"):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False),
+                                  nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        self._build_stages(block, 64, (64, 128, 256, 512), depths, (1, 2, 2, 2), shortcut,
+                           num_classes)
+
+
+def cifar_resnet(depth, **kw):
+    return CifarResNet(depth, **kw)
+
+
+def resnet18(**kw):
+    return ResNet(BasicBlock, (2, 2, 2, 2), **kw)
+
+
+def resnet50(**kw):
+    return ResNet(Bottleneck, (3, 4, 6, 3), **kw)
+
+
+_CIFAR_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
+_REGISTRY = {**{f"resnet{d}": (lambda d=d, **kw: cifar_resnet(d, **kw)) for d in _CIFAR_DEPTHS},
+             "resnet18": resnet18, "resnet50": resnet50}
+
+
+def available():
+    """Names accepted by :func:`create`."""
+    return sorted(_REGISTRY, key=lambda s: int(s[6:]))
+
+
+def create(name, num_classes, in_channels=3, **kw):
+    """Build a model by name (``resnet20`` ... CIFAR-style; ``resnet18``, ``resnet50``).
+
+    A name not in :func:`available` is looked up in ``torchvision.models`` when torchvision is
+    installed (its ResNets also have ``layer1..layer4`` and an ``fc`` fed by GAP).
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, **kw)
+    try:
+        import torchvision
+    except ImportError:
+        raise ValueError(f"unknown model {name!r}; attnfast.train.models has {available()} "
+                         "(torchvision models need `pip install torchvision`)") from None
+    try:
+        model = torchvision.models.get_model(name, num_classes=num_classes, **kw)
+    except ValueError as e:
+        raise ValueError(f"unknown model {name!r}: not in attnfast.train.models {available()} "
+                         f"nor in torchvision ({e})") from None
+    if in_channels != 3:
+        raise ValueError(f"torchvision model {name!r} expects 3 input channels, "
+                         f"got in_channels={in_channels}")
+    return model
