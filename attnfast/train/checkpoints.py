@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from .optim import group_scale
+
 FORMAT = 1
 # Config keys that do not change what a run computes: where it writes, how it shows progress,
 # how far this invocation goes, which methods / how many seeds the command line lists, the
@@ -203,8 +205,9 @@ def apply_settings(cfg, opt, sched, epochs_done, steps_per_epoch):
     placed at ``epochs_done`` epochs of ``steps_per_epoch`` steps, the LR set to its value
     there."""
     sched.last_epoch = epochs_done * steps_per_epoch
-    sched.base_lrs = [cfg["lr"]] * len(opt.param_groups)
     for group, factor in zip(opt.param_groups, sched.lr_lambdas):
-        group.update(initial_lr=cfg["lr"], lr=cfg["lr"] * factor(sched.last_epoch),
-                     momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        scale = group_scale(cfg, group.get("name"))
+        group.update(initial_lr=cfg["lr"] * scale, lr=cfg["lr"] * scale * factor(sched.last_epoch),
+                     lr_scale=scale, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    sched.base_lrs = [g["initial_lr"] for g in opt.param_groups]
     sched._last_lr = [g["lr"] for g in opt.param_groups]

@@ -17,7 +17,8 @@ from . import checkpoints, report
 from . import data as data_mod
 from .methods import build
 from .metrics import evaluate
-from .recipes import lr_factor, ramp_factor
+from .optim import optimizer
+from .recipes import ramp_factor
 
 
 class NonFiniteLoss(RuntimeError):
@@ -127,9 +128,9 @@ def run(cfg, method, data, dst, log):
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[dst.device.index] if dst.device.type == "cuda" else None)
     sampler, loader, eval_loader = loaders(cfg, data, dst)
-    opt = torch.optim.SGD(raw.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                          weight_decay=cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, len(loader)))
+    opt, sched = optimizer(raw, model, cfg, len(loader))
+    if getattr(model, "pretrained_report", None) is not None:
+        log(f"[{method}] {model.pretrained_report.describe()}")
     ramp = (raw, raw.weight, ramp_factor(cfg, len(loader))) \
         if cfg["ramp_epochs"] > 0 and hasattr(raw, "weight") else None
     scaler = torch.amp.GradScaler(dst.device.type, enabled=cfg.get("amp") == "fp16")
