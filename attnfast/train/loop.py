@@ -157,7 +157,10 @@ def run(cfg, method, data, dst, log):
     for epoch in range(start, stop):
         sampler.set_epoch(epoch)
         desc = f"{method} epoch {epoch + 1}/{cfg['epochs']}"
-        lr = opt.param_groups[0]["lr"]
+        lrs = {g.get("name"): g["lr"] for g in opt.param_groups}   # optim.GROUPS
+        lr = {"lr": lrs.get("new", lrs.get("backbone"))}
+        if cfg.get("backbone_lr_scale", 1.0) != 1 and "backbone" in lrs:
+            lr["backbone_lr"] = lrs["backbone"]
         try:
             row = train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg,
                               ramp)
@@ -166,7 +169,7 @@ def run(cfg, method, data, dst, log):
                     if ckpt_path.is_file() and epoch else "no checkpoint had been written yet")
             raise NonFiniteLoss(f"{e}; training stopped, {good}") from None
         dst.broadcast_buffers(raw)
-        row = {"epoch": epoch + 1, "lr": lr, **row}
+        row = {"epoch": epoch + 1, **lr, **row}
         if epoch + 1 == cfg["epochs"] or (cfg["eval_every"] and
                                           (epoch + 1) % cfg["eval_every"] == 0):
             split = cfg["eval_split"]
