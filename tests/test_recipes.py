@@ -111,6 +111,21 @@ def test_readme_table_names_every_paper_recipe(capsys):
         assert dry_run(capsys, *argv[3:])["recipe"] == recipe
 
 
+def test_vgg_backbone_trains_with_both_methods(tmp_path, capsys):
+    """vgg19_bn's named stages serve both wrappers: Sharpen Focus on layer4 / layer5 (the
+    analytic GAP + fc head) and GGAM's module after layer5, one tiny epoch each."""
+    out = tmp_path / "run"
+    argv = ["--data", "synthetic", "--train-size", "8", "--test-size", "4", "--image-size", "32",
+            "--model", "vgg19_bn", "--batch-size", "4", "--epochs", "1", "--pictures", "0",
+            "--no-progress", "--seeds", "1", "--method", "sharpen-focus,ggam",
+            "--backbone-lr-scale", "0.1", "--out", str(out)]
+    assert train.main(argv) == 0
+    for method in ("sharpen-focus", "ggam"):
+        row = json.loads((out / method / "metrics.json").read_text())["epochs"][0]
+        assert row["train_attention_loss"] > 0 and row["backbone_lr"] == pytest.approx(
+            0.1 * row["lr"])
+
+
 # ----------------------------------------------------------------------------- parameter groups
 
 def ggam_net():

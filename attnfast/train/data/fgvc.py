@@ -31,6 +31,8 @@ def _layout(base, folder, files, what, hint):
 
 
 def _data(name, train, test, image_size):
+    """The :class:`Data` of torchvision datasets ``train`` / ``test`` (RGB, ImageNet statistics,
+    the classes of ``train``)."""
     return Data(name, train, test, len(train.classes), 3, image_size, list(train.classes),
                 IMAGENET_MEAN, IMAGENET_STD)
 
