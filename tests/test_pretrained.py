@@ -94,7 +94,8 @@ def test_checkpoint_containers_and_listed_keys(tmp_path):
 
 def test_shape_mismatch_and_not_a_state_dict(tmp_path):
     torch.save(models.create("resnet8", 10).state_dict(), tmp_path / "r8.pt")
-    with pytest.raises(ValueError, match=r"stem.0.weight \(16, 3, 3, 3\) \(model \(16, 1, 3, 3\)\)"):
+    wrong = r"stem.0.weight \(16, 3, 3, 3\) \(model \(16, 1, 3, 3\)\)"
+    with pytest.raises(ValueError, match=wrong):
         models.create("resnet8", 10, in_channels=1, pretrained=tmp_path / "r8.pt")
     torch.save({"epoch": 3}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not a state_dict"):
@@ -179,7 +180,8 @@ def test_trainer_starts_from_pretrained(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--data", "synthetic", "--train-size", "16", "--test-size", "8", "--image-size", "16",
             "--model", "resnet8", "--batch-size", "8", "--epochs", "1", "--pictures", "0",
-            "--no-progress", "--seeds", "1", "--method", "ggam", "--pretrained", str(tmp_path / "r8.pt"),
+            "--no-progress", "--seeds", "1", "--method", "ggam",
+            "--pretrained", str(tmp_path / "r8.pt"),
             "--backbone-lr-scale", "0.25", "--lr", "0.04", "--out", str(out)]
     assert train.main(argv) == 0
     log = capsys.readouterr().out

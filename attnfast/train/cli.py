@@ -64,7 +64,8 @@ def preflight(cfg):
 
 def resolved(cfg):
     """What ``--dry-run`` prints: the configuration's plain values, the methods' attention
-    weights, the supervised layers of the model (inner, last, GGAM's), and the file a --pretrained source resolves to (and whether it is there)."""
+    weights, the supervised layers of the model (inner, last, GGAM's), and the file a
+    --pretrained source resolves to (and whether it is there)."""
     out = checkpoints.plain_config(cfg)
     out["method_weights"] = {m: method_weight(cfg, m) for m in cfg["methods"] if m != "baseline"}
     if cfg["model"] in models.available():   # built on the meta device: no memory, no time

@@ -20,9 +20,9 @@
 * ``synthetic`` / ``synthetic-multilabel``: noise plus a bright square at a class-specific place
   (one square per positive class); learnable in seconds, for tests and throughput runs.
 
-Modules: ``base`` (:class:`Data`, augmentation, shards), ``arrays`` (in-memory sources),
-``files`` (image-file sources), ``fgvc`` (FGVC-Aircraft, Stanford Cars), ``located`` (the located digits). A new source is a function
-returning a :class:`Data` in one of them and an entry in ``SOURCES``.
+Modules: ``base`` (:class:`Data`, augmentation, shards), ``arrays`` (in-memory sources), ``files``
+(image-file sources), ``fgvc`` (FGVC-Aircraft, Stanford Cars), ``located`` (the located digits). A
+new source is a function returning a :class:`Data` in one of them and an entry in ``SOURCES``.
 """
 from __future__ import annotations
 

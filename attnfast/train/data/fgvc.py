@@ -55,8 +55,8 @@ def fgvc_aircraft(root, image_size=448, **_):
 def stanford_cars(root, image_size=448, **_):
     """Stanford Cars, the official train / test split (module docstring)."""
     tv = _torchvision("stanford-cars")
-    hint = "the folder holding stanford_cars/ (devkit/cars_meta.mat, devkit/cars_train_annos.mat, " \
-           "cars_train/, cars_test/, cars_test_annos_withlabels.mat)"
+    hint = "the folder holding stanford_cars/ (devkit/cars_meta.mat, " \
+           "devkit/cars_train_annos.mat, cars_train/, cars_test/, cars_test_annos_withlabels.mat)"
     base = _layout(need_dir(root, "stanford-cars", hint), "stanford_cars",
                    ("devkit/cars_meta.mat", "devkit/cars_train_annos.mat", "cars_train",
                     "cars_test", "cars_test_annos_withlabels.mat"), "stanford-cars", hint)
