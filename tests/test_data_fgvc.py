@@ -120,8 +120,8 @@ CARS = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Acura TL Sedan 201
 
 def cars_tree(root, counts=((3, 2), (2, 1), (3, 2))):
     """stanford_cars/ in the official layout: class k has counts[k] = (train, test) images; the
-    annotation tables are MATLAB struct arrays (bbox fields, fname, class from 1), as in the
-    devkit."""
+    annotation tables are MATLAB struct arrays (1 x 1 uint8 bbox fields and class, counted from
+    1; fname), as in the devkit."""
     import numpy as np
     from scipy.io import savemat
     base = root / "stanford_cars"
@@ -134,8 +134,8 @@ def cars_tree(root, counts=((3, 2), (2, 1), (3, 2))):
                 fname = f"{len(annos[split]) + 1:05d}.jpg"
                 jpeg(base / f"cars_{split}" / fname, COLOURS[k], 100 * k + 10 * (split == "test")
                      + i)
-                annos[split].append((np.uint8(1), np.uint8(2), np.uint8(30), np.uint8(20),
-                                     np.uint8(k + 1), fname))
+                annos[split].append((*(np.array([[v]], dtype=np.uint8) for v in (1, 2, 30, 20,
+                                                                                 k + 1)), fname))
     (base / "devkit").mkdir(parents=True)
     for split, path in (("train", base / "devkit" / "cars_train_annos.mat"),
                         ("test", base / "cars_test_annos_withlabels.mat")):

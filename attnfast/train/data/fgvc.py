@@ -47,7 +47,7 @@ def fgvc_aircraft(root, image_size=448, **_):
                                           "images_variant_test.txt")], "fgvc-aircraft", hint)
     train_tf, test_tf = transforms(tv, image_size)
     split = {s: tv.datasets.FGVCAircraft(str(base), split=s, annotation_level="variant",
-                                         transform=tf, target_transform=int)
+                                         transform=tf)
              for s, tf in (("trainval", train_tf), ("test", test_tf))}
     return _data("fgvc-aircraft", split["trainval"], split["test"], image_size)
 
@@ -61,7 +61,6 @@ def stanford_cars(root, image_size=448, **_):
                    ("devkit/cars_meta.mat", "devkit/cars_train_annos.mat", "cars_train",
                     "cars_test", "cars_test_annos_withlabels.mat"), "stanford-cars", hint)
     train_tf, test_tf = transforms(tv, image_size)
-    # labels come out of the .mat files as numpy integers (uint8 for 196 classes): made ints
-    split = {s: tv.datasets.StanfordCars(str(base), split=s, transform=tf, target_transform=int)
+    split = {s: tv.datasets.StanfordCars(str(base), split=s, transform=tf)
              for s, tf in (("train", train_tf), ("test", test_tf))}
     return _data("stanford-cars", split["train"], split["test"], image_size)
