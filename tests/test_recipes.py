@@ -195,6 +195,27 @@ def test_overriding_resume_recomputes_each_group(tmp_path):
     assert [g["lr_scale"] for g in opt.param_groups] == [0.5, 1.0]
 
 
+def test_resume_refuses_a_checkpoint_with_one_parameter_group(tmp_path):
+    """A checkpoint written before the two groups (one group of every parameter) is refused by
+    name instead of failing inside torch's optimizer."""
+    out = tmp_path / "run"
+    argv = ["--data", "synthetic", "--train-size", "16", "--test-size", "8", "--image-size", "16",
+            "--model", "resnet8", "--batch-size", "8", "--epochs", "1", "--pictures", "0",
+            "--no-progress", "--seeds", "1", "--method", "baseline", "--out", str(out)]
+    assert train.main(argv) == 0
+    path = out / "baseline" / "checkpoint.pt"
+    ck = torch.load(path, weights_only=True)
+    groups = ck["optimizer"]["param_groups"]
+    one = {k: v for k, v in groups[0].items() if k not in ("name", "lr_scale")}
+    one["params"] = [p for g in groups for p in g["params"]]
+    ck["optimizer"]["param_groups"] = [one]
+    ck["scheduler"]["base_lrs"] = ck["scheduler"]["base_lrs"][:1]
+    torch.save(ck, path)
+    with pytest.raises(SystemExit, match="optimizer has 1 parameter group"):
+        train.main([*argv[:-4], "--epochs", "2", "--resume", "--resume-override", "--out",
+                    str(out)])
+
+
 @pytest.fixture(autouse=True)
 def torch_backend():
     with attnfast.use_backend("torch"):

@@ -193,6 +193,13 @@ def resume(path, method, cfg, states, rank, device):
     after :func:`check`; returns (history, epochs done, differing settings). With differing
     settings (``--resume-override``) the caller applies the new ones (:func:`apply_settings`)."""
     state, diff = check(path, method, cfg, device)
+    saved, now = (len(state["optimizer"]["param_groups"]), len(states["optimizer"].param_groups)) \
+        if "optimizer" in states else (0, 0)
+    if saved != now:
+        raise CheckpointError(f"checkpoint {path}: its optimizer has {saved} parameter group(s), "
+                              f"this run's {now} (backbone and new, attnfast.train.optim): it was "
+                              "written by an earlier version and cannot be resumed; start afresh "
+                              "(another --out)")
     for key, obj in states.items():
         obj.load_state_dict(state[key])
     set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
