@@ -102,6 +102,7 @@ PY
 #    ATTNFAST_CI_TESTS=tests runs all of it (as on a developer's machine).
 tests=${ATTNFAST_CI_TESTS:-"tests/test_cuda_build.py tests/test_registration.py
   tests/test_imports.py tests/test_sharpen_focus_loss.py tests/test_data_files.py
+  tests/test_data_fgvc.py tests/test_pretrained_tv.py
   tests/test_triton_kernels.py::test_kernels_compile_for_sm90"}
 ATTNFAST_REQUIRE=cpu,triton,cuda-build ATTNFAST_CUDA_ARCHS=$ARCHS \
   "$PY" -m pytest $(for t in $tests; do echo "$repo/$t"; done) -q -ra --durations=15 \

@@ -31,8 +31,10 @@ Modules, in the order a run uses them:
 
 * ``recipes``: the paper recipes, command-line options, the run's config and its LR schedule;
 * ``distributed``: rank, world and device from torchrun's environment;
-* ``data``: the data sources; ``models``: ResNets with named stages;
+* ``data``: the data sources; ``models``: ResNets and VGGs with named stages; ``pretrained``:
+  starting a model from pretrained weights (``--pretrained``);
 * ``methods``: the model and the method's wrapper (baseline, Sharpen Focus, GGAM);
+* ``optim``: SGD over the backbone and new parameter groups (``--backbone-lr-scale``);
 * ``loop``: the epoch loop and one method's run; ``metrics``: evaluation metrics (top-k,
   mAP/AUC, attention separability, localization); ``localize``: maps against boxes;
 * ``checkpoints``: atomic files, RNG states, save and resume;

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from .optim import group_scale
+
 FORMAT = 1
 # Config keys that do not change what a run computes: where it writes, how it shows progress,
 # how far this invocation goes, which methods / how many seeds the command line lists, the
@@ -217,6 +219,13 @@ def resume(path, method, cfg, states, rank, device):
     after :func:`check`; returns (history, epochs done, differing settings). With differing
     settings (``--resume-override``) the caller applies the new ones (:func:`apply_settings`)."""
     state, diff = check(path, method, cfg, device)
+    saved, now = (len(state["optimizer"]["param_groups"]), len(states["optimizer"].param_groups)) \
+        if "optimizer" in states else (0, 0)
+    if saved != now:
+        raise CheckpointError(f"checkpoint {path}: its optimizer has {saved} parameter group(s), "
+                              f"this run's {now} (backbone and new, attnfast.train.optim): it was "
+                              "written by an earlier version and cannot be resumed; start afresh "
+                              "(another --out)")
     for key, obj in states.items():
         obj.load_state_dict(state[key])
     set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
@@ -229,8 +238,9 @@ def apply_settings(cfg, opt, sched, epochs_done, steps_per_epoch):
     placed at ``epochs_done`` epochs of ``steps_per_epoch`` steps, the LR set to its value
     there."""
     sched.last_epoch = epochs_done * steps_per_epoch
-    sched.base_lrs = [cfg["lr"]] * len(opt.param_groups)
     for group, factor in zip(opt.param_groups, sched.lr_lambdas):
-        group.update(initial_lr=cfg["lr"], lr=cfg["lr"] * factor(sched.last_epoch),
-                     momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        scale = group_scale(cfg, group.get("name"))
+        group.update(initial_lr=cfg["lr"] * scale, lr=cfg["lr"] * scale * factor(sched.last_epoch),
+                     lr_scale=scale, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    sched.base_lrs = [g["initial_lr"] for g in opt.param_groups]
     sched._last_lr = [g["lr"] for g in opt.param_groups]

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
+from .. import models, pretrained
 from . import checkpoints
 from . import data as data_mod
 from .distributed import Dist
 from .loop import NonFiniteLoss, run
 from .pictures import attention_pictures
-from .recipes import configure, parse_args
+from .recipes import configure, method_weight, parse_args
 from .report import final_report
 
 
@@ -94,10 +95,37 @@ def interrupted(folder, argv):
     return f"interrupted: {where}; continue with: {resume_command(argv)}"
 
 
+def resolved(cfg):
+    """What ``--dry-run`` prints: the configuration's plain values, the methods' attention
+    weights, the supervised layers of the model (inner, last, GGAM's), and the file a
+    --pretrained source resolves to (and whether it is there)."""
+    out = checkpoints.plain_config(cfg)
+    out["method_weights"] = {m: method_weight(cfg, m) for m in cfg["methods"] if m != "baseline"}
+    if cfg["model"] in models.available():   # built on the meta device: no memory, no time
+        with torch.device("meta"):
+            model = models.create(cfg["model"], 10)
+        inner, last = model.attention_layers
+        out["layers"] = {"inner": cfg.get("inner_layer") or inner,
+                         "last": cfg.get("last_layer") or last,
+                         "ggam": cfg.get("ggam_layer") or cfg.get("last_layer") or last}
+    if cfg.get("pretrained") is not None:
+        path = pretrained.resolve(cfg["pretrained"])
+        out["pretrained_file"] = {"path": str(path), "present": path.is_file()}
+    return out
+
+
 def main(argv=None):
     """Train and compare the methods of the command line ``argv``; returns the exit status
     (1 when a loss became non-finite, 2 when the data source cannot be read, 130 on Ctrl-C)."""
     cfg = configure(parse_args(argv))
+    if cfg.get("dry_run"):
+        print(json.dumps(resolved(cfg), indent=2, sort_keys=True))
+        return 0
+    if cfg.get("pretrained") is not None:
+        try:
+            pretrained.require(cfg["pretrained"])
+        except FileNotFoundError as e:
+            raise SystemExit(str(e)) from None
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
     dst = Dist(cfg["device"])

@@ -19,7 +19,8 @@ from . import checkpoints, report
 from . import data as data_mod
 from .methods import build
 from .metrics import evaluate
-from .recipes import lr_factor, ramp_factor
+from .optim import optimizer
+from .recipes import ramp_factor
 
 
 class NonFiniteLoss(RuntimeError):
@@ -169,9 +170,9 @@ def run(cfg, method, data, dst, log):
             net, device_ids=[dst.device.index] if dst.device.type == "cuda" else None)
     train = box_subset(cfg, data, run_dir) if method == "guidance" else None
     sampler, loader, eval_loader = loaders(cfg, data, dst, train)
-    opt = torch.optim.SGD(raw.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                          weight_decay=cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, len(loader)))
+    opt, sched = optimizer(raw, model, cfg, len(loader))
+    if getattr(model, "pretrained_report", None) is not None:
+        log(f"[{method}] {model.pretrained_report.describe()}")
     ramp = (raw, raw.weight, ramp_factor(cfg, len(loader))) \
         if cfg["ramp_epochs"] > 0 and hasattr(raw, "weight") else None
     scaler = torch.amp.GradScaler(dst.device.type, enabled=cfg.get("amp") == "fp16")
@@ -198,7 +199,10 @@ def run(cfg, method, data, dst, log):
     for epoch in range(start, stop):
         sampler.set_epoch(epoch)
         desc = f"{method} epoch {epoch + 1}/{cfg['epochs']}"
-        lr = opt.param_groups[0]["lr"]
+        lrs = {g.get("name"): g["lr"] for g in opt.param_groups}   # optim.GROUPS
+        lr = {"lr": lrs.get("new", lrs.get("backbone"))}
+        if cfg.get("backbone_lr_scale", 1.0) != 1 and "backbone" in lrs:
+            lr["backbone_lr"] = lrs["backbone"]
         try:
             row = train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg,
                               ramp)
@@ -207,7 +211,7 @@ def run(cfg, method, data, dst, log):
                     if ckpt_path.is_file() and epoch else "no checkpoint had been written yet")
             raise NonFiniteLoss(f"{e}; training stopped, {good}") from None
         dst.broadcast_buffers(raw)
-        row = {"epoch": epoch + 1, "lr": lr, **row}
+        row = {"epoch": epoch + 1, **lr, **row}
         if epoch + 1 == cfg["epochs"] or (cfg["eval_every"] and
                                           (epoch + 1) % cfg["eval_every"] == 0):
             split = cfg["eval_split"]

@@ -4,6 +4,8 @@ the probe that measures attention on every method (the same probe for every meth
 order, the paper's loss options, so that its numbers compare across methods)."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ..baseline import Baseline
@@ -19,7 +21,10 @@ def build(cfg, method, data, dst):
     model; last is the name of the last supervised layer."""
     kw = {"shortcut": cfg["shortcut"]} if cfg["shortcut"] and cfg["model"] in models.available() \
         else {}
-    model = models.create(cfg["model"], data.num_classes, data.in_channels, **kw)
+    with warnings.catch_warnings():   # the run's log lists what --pretrained loaded (loop.run)
+        warnings.simplefilter("ignore")
+        model = models.create(cfg["model"], data.num_classes, data.in_channels,
+                              pretrained=cfg.get("pretrained"), **kw)
     inner, last = getattr(model, "attention_layers", ("layer3", "layer4"))
     inner, last = cfg.get("inner_layer") or inner, cfg.get("last_layer") or last
     head = None if cfg["head"] == "none" else cfg["head"]

@@ -9,7 +9,7 @@ import argparse
 import math
 
 from . import data as data_mod
-from .. import models
+from .. import models, pretrained
 
 DESCRIPTION = ("Thin trainer for Sharpen Focus, GGAM and guidance from boxes: "
                "``python -m attnfast.train`` / ``attnfast-train``. The defaults shown are those of "
@@ -47,10 +47,27 @@ RECIPES = {
     "voc2012-resnet18": dict(data="voc2012", model="resnet18", epochs=20,
                              batch_size=64,  # assumed
                              lr=0.01, momentum=0.9, weight_decay=1e-3, schedule="cosine"),
-    "cub200-resnet50": dict(data="cub200", model="resnet50", epochs=90, batch_size=10, lr=0.001,
-                            momentum=0.9, weight_decay=1e-4,  # assumed
-                            schedule="step", milestones=(30, 60), image_size=448),
 }
+# Sharpen Focus on CUB-200-2011 (Sec. 4): fine-tuning ImageNet-pretrained ResNet-50 / ResNet-101
+# at 448 x 448, SGD batch 10, lr 0.001 (one rate for every layer), /10 at epochs 30 and 60 of 90.
+for _depth in (50, 101):
+    RECIPES[f"cub200-resnet{_depth}"] = dict(
+        data="cub200", model=f"resnet{_depth}", pretrained=f"ResNet{_depth}_Weights.IMAGENET1K_V1",
+        epochs=90, batch_size=10, lr=0.001, momentum=0.9, weight_decay=1e-4,  # assumed
+        schedule="step", milestones=(30, 60), image_size=448)
+# GGAM (Xu et al. 2021, Sec. 3): ImageNet-pretrained ResNet-50 and VGG19 fine-tuned at 448 x 448,
+# SGD momentum 0.9, weight decay 5e-4, 100 epochs, cosine; lr 0.1 for the new layers (head and
+# attention module), one tenth for the pretrained ones. The baseline is the same fine-tuning
+# without the module. The GGAM loss weight is the trainer's (decision 14), not the paper's.
+GGAM_BACKBONES = {"resnet50": "ResNet50_Weights.IMAGENET1K_V1",
+                  "vgg19": "VGG19_Weights.IMAGENET1K_V1"}
+for _data in ("cub200", "fgvc-aircraft", "stanford-cars"):
+    for _model, _weights in GGAM_BACKBONES.items():
+        RECIPES[f"{_data}-{_model}-ggam"] = dict(
+            data=_data, model=_model, pretrained=_weights, method="baseline,ggam", epochs=100,
+            batch_size=16,  # assumed
+            lr=0.1, backbone_lr_scale=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+            image_size=448)
 DEFAULTS = dict(schedule="cosine", milestones=(), warmup_epochs=0.0, momentum=0.9,
                 weight_decay=5e-4, image_size=None, attention="pixel", weight=None, head="auto",
                 reduction=16, ggam_target="predicted", seed=0, seeds=1, data_seed=0,
@@ -58,7 +75,7 @@ DEFAULTS = dict(schedule="cosine", milestones=(), warmup_epochs=0.0, momentum=0.
                 per_class=30, compile_backend="inductor", device="auto", ramp_epochs=0.0,
                 ggam_guide="paper", per_sample_grads=False, guidance_loss="energy",
                 guidance_layers="last", guidance_attention="gradcam", box_fraction=1.0,
-                guidance_weight=1.0)
+                guidance_weight=1.0, pretrained=None, backbone_lr_scale=1.0)
 # Sharpen Focus as the paper writes Eq. 9 (a recipe's ``sf`` dict overrides these, the command
 # line overrides both): weight of the attention term, the weights of its three parts, second
 # order, the max-normalized mask of docs/SPEC.md decision 1, the model's default layers.
@@ -96,6 +113,13 @@ def parse_args(argv=None):
     a("--test-size", type=int, help="use the first N test images (synthetic: generate N)")
     a("--model", help=f"{models.available()} or a torchvision model name")
     a("--shortcut", choices=("A", "B"), help="ResNet shortcut option (CIFAR default A, else B)")
+    a("--pretrained", metavar="SOURCE",
+      help="start from pretrained weights: a torchvision weights name (e.g. "
+           "ResNet50_Weights.IMAGENET1K_V1, read from the local torch hub cache, never "
+           "downloaded) or the path of a state_dict / checkpoint; the head is new")
+    a("--backbone-lr-scale", type=float,
+      help="LR multiplier of the model's layers except its head (GGAM: 0.1); the head and "
+           "the attention modules train at the full LR")
     a("--epochs", type=int)
     a("--batch-size", type=int, help="global batch; differing from the recipe's scales the LR "
                                      "linearly and warms up 5 epochs (Goyal et al.)")
@@ -170,6 +194,8 @@ def parse_args(argv=None):
     a("--pictures", type=int, help="test images in the attention pictures (0: none)")
     a("--progress", action=argparse.BooleanOptionalAction, default=None,
       help="progress bar (default: when stderr is a terminal)")
+    a("--dry-run", action="store_true", default=None,
+      help="print the resolved configuration (JSON) and exit without loading data or training")
     return p.parse_args(argv)
 
 
@@ -209,7 +235,26 @@ def configure(args) -> dict:
         raise SystemExit(f"--seeds must be at least 1, got {cfg['seeds']}")
     if not 0.0 <= cfg["box_fraction"] <= 1.0:
         raise SystemExit(f"--box-fraction must lie in [0, 1], got {cfg['box_fraction']}")
+    check(cfg)
     return cfg
+
+
+def check(cfg):
+    """SystemExit naming the option when a resolved setting cannot make a run: an unknown data
+    source or model, a --pretrained that is neither a file nor a weights name, a backbone LR
+    scale that is not positive."""
+    if cfg["data"] not in data_mod.SOURCES:
+        raise SystemExit(f"--data {cfg['data']}: unknown; choose from {sorted(data_mod.SOURCES)}")
+    if cfg["model"] not in models.available() and not models.torchvision_name(cfg["model"]):
+        raise SystemExit(f"--model {cfg['model']}: unknown; attnfast.train.models has "
+                         f"{models.available()} (other names need torchvision)")
+    if cfg["pretrained"] is not None:
+        try:
+            pretrained.resolve(cfg["pretrained"])
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+    if not cfg["backbone_lr_scale"] > 0:
+        raise SystemExit(f"--backbone-lr-scale must be positive, got {cfg['backbone_lr_scale']}")
 
 
 def method_weight(cfg, method):

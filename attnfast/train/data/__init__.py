@@ -9,6 +9,8 @@
 * ``imagefolder`` (ImageNet layout ``train/``, ``val/``), ``caltech256`` (``256_ObjectCategories``,
   ``per_class`` = 30 or 60 training images per class, the rest for test, clutter class dropped)
   and ``cub200`` (``CUB_200_2011`` with its official split): image files through torchvision.
+* ``fgvc-aircraft`` (100 variants, trainval / test) and ``stanford-cars`` (196 classes): their
+  official layouts through torchvision's datasets (see :mod:`.fgvc`).
 * ``voc2012``: PASCAL VOC 2012 classification (``train`` / ``val`` lists of a local VOCdevkit),
   20 classes multi-hot from the annotation XML (parsed with the standard library), images by PIL.
 * ``located-digits`` (the main job's task) / ``located-digits-cue``: a digit pasted at a random
@@ -18,9 +20,9 @@
 * ``synthetic`` / ``synthetic-multilabel``: noise plus a bright square at a class-specific place
   (one square per positive class); learnable in seconds, for tests and throughput runs.
 
-Modules: ``base`` (:class:`Data`, augmentation, shards), ``arrays`` (in-memory sources),
-``files`` (image-file sources), ``located`` (the located digits). A new source is a function
-returning a :class:`Data` in one of them and an entry in ``SOURCES``.
+Modules: ``base`` (:class:`Data`, augmentation, shards), ``arrays`` (in-memory sources), ``files``
+(image-file sources), ``fgvc`` (FGVC-Aircraft, Stanford Cars), ``located`` (the located digits). A
+new source is a function returning a :class:`Data` in one of them and an entry in ``SOURCES``.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import os
 
 from .arrays import cifar, digits, synthetic
 from .base import Data, first, shard
+from .fgvc import fgvc_aircraft, stanford_cars
 from .files import VOC_CLASSES, caltech256, cub200, imagefolder, voc2012
 from .located import located_digits
 
@@ -42,13 +45,16 @@ SOURCES = {
     "imagefolder": imagefolder,
     "caltech256": caltech256,
     "cub200": cub200,
+    "fgvc-aircraft": fgvc_aircraft,
+    "stanford-cars": stanford_cars,
     "voc2012": voc2012,
     "synthetic": synthetic,
     "synthetic-multilabel": lambda **kw: synthetic(multilabel=True, **kw),
 }
 
 # The sources read from a local folder (``--data-dir``); the others are built in memory.
-FROM_FOLDER = ("cifar10", "cifar100", "imagefolder", "caltech256", "cub200", "voc2012")
+FROM_FOLDER = ("cifar10", "cifar100", "imagefolder", "caltech256", "cub200", "fgvc-aircraft",
+               "stanford-cars", "voc2012")
 
 
 def load(name, root=None, **options) -> Data:

@@ -92,13 +92,19 @@ class _TransformedFiles(Dataset):
         return self.transform(self.loader(str(path))), label
 
 
-def _file_data(name, tv, train_samples, test_samples, classes, image_size):
-    """Datasets over (path, label) lists with the usual ImageNet crops (random-resized + flip for
-    training, resize + center crop for test), as [0, 1] tensors; :meth:`Data.prepare` normalizes."""
+def transforms(tv, image_size):
+    """(training, test) transforms of the image-file sources: the usual ImageNet crops
+    (random-resized + flip for training, resize + center crop for test), as [0, 1] tensors;
+    :meth:`Data.prepare` normalizes."""
     t = tv.transforms
-    train_tf = t.Compose([t.RandomResizedCrop(image_size), t.RandomHorizontalFlip(), t.ToTensor()])
-    test_tf = t.Compose([t.Resize(round(image_size * 8 / 7)), t.CenterCrop(image_size),
-                         t.ToTensor()])
+    return (t.Compose([t.RandomResizedCrop(image_size), t.RandomHorizontalFlip(), t.ToTensor()]),
+            t.Compose([t.Resize(round(image_size * 8 / 7)), t.CenterCrop(image_size),
+                       t.ToTensor()]))
+
+
+def _file_data(name, tv, train_samples, test_samples, classes, image_size):
+    """Datasets over (path, label) lists with :func:`transforms`."""
+    train_tf, test_tf = transforms(tv, image_size)
     loader = tv.datasets.folder.default_loader
     return Data(name, _TransformedFiles(train_samples, train_tf, loader),
                 _TransformedFiles(test_samples, test_tf, loader), len(classes), 3, image_size,
