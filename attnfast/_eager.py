@@ -18,9 +18,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._schema import KIND_CODES, OPS
-
-_KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
+from ._schema import KIND_NAMES, OPS, positive_weights
 
 
 def _backward(name: str):
@@ -89,7 +87,7 @@ def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
                        last_features, last_grads_target, last_grads_confuser,
                        kind, sigma, omega, alpha, normalize, mask_grad, eps):
     """The three parts, then the hidden maps and weights of each layer (``_schema``)."""
-    attention = _KIND_NAMES[kind]
+    attention = KIND_NAMES[kind]
     layers = [[reference.layer_attention(f, g, attention, weights=True) for g in gs]
               for f, gs in ((inner_features, (inner_grads_target, inner_grads_confuser)),
                             (last_features, (last_grads_target, last_grads_confuser)))]
@@ -97,7 +95,8 @@ def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
         *(a for layer in layers for a, _ in layer), sigma=sigma, omega=omega, alpha=alpha,
         normalize=normalize, mask_grad=mask_grad, eps=eps)
     maps = [torch.stack([a.detach() for a, _ in layer]) for layer in layers]
-    weights = [torch.stack([w.detach() for _, w in layer]) if attention != "pixel" else
+    weights = [torch.stack([w.detach() for _, w in layer])
+               if positive_weights(attention) is not None else
                layer[0][0].new_empty((2, layer[0][0].shape[0], 0)) for layer in layers]
     return (*parts, *maps, *weights)
 

@@ -37,7 +37,7 @@ the eager ``torch`` backend (``attnfast._eager``) has the same signatures over
 
 Kernels compute in float32 (float64 for float64), return maps/losses in that dtype and input
 gradients in the dtype of the input (big-tensor gradients in the input's memory layout), and use
-64-bit index arithmetic. ``kind``: 0 = pixel, 1 = channel (positive weights), 2 = gradcam.
+64-bit index arithmetic. ``kind``: the code of an attention kind in ``ATTENTION_KINDS``.
 The math of every op is ``attnfast.reference`` (docs/SPEC.md).
 """
 from __future__ import annotations
@@ -47,7 +47,29 @@ from typing import Callable
 
 import torch
 
-KIND_CODES = {"pixel": 0, "channel": 1, "gradcam": 2}
+# The attention kinds, one row each: name -> (code, channel weights). ``code`` is the ``kind``
+# integer the kernels take. ``channel weights`` says how a map A of features F and gradients G is
+# built: None, pixel-wise, A = ReLU(mean_k G[k] F[k]) (Sharpen Focus Eq. 5); "positive",
+# A = ReLU(sum_k w[k] F[k]) with w = mean_p ReLU(G[k]) (Eq. 3-4); "signed", the same with
+# w = mean_p G[k] (Grad-CAM). Every switch over kinds (reference, capture, cam, the Triton
+# kernels) reads this table; the C++ and CUDA kernels take the codes.
+ATTENTION_KINDS = {
+    "pixel": (0, None),
+    "channel": (1, "positive"),
+    "gradcam": (2, "signed"),
+}
+KIND_CODES = {name: code for name, (code, _) in ATTENTION_KINDS.items()}
+KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
+
+
+def positive_weights(kind: str):
+    """How the map of attention kind ``kind`` (a name of ``ATTENTION_KINDS``) is built: None for
+    a pixel-wise map, True for channel weights ReLU'd (``positive``), False for signed ones
+    (Grad-CAM). An unknown name is a ValueError listing the known ones."""
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"attention must be one of {tuple(ATTENTION_KINDS)}, got {kind!r}")
+    weights = ATTENTION_KINDS[kind][1]
+    return None if weights is None else weights == "positive"
 
 
 @dataclass(frozen=True)
@@ -123,8 +145,8 @@ def _sf_fake(fi, gti, gci, fl, gtl, gcl, kind, *options):
         return f.new_empty((2, f.shape[0], *f.shape[2:]), dtype=_acc(f))
 
     def weights(f):
-        return f.new_empty((2, *f.shape[:2]) if kind != KIND_CODES["pixel"] else
-                           (2, f.shape[0], 0), dtype=_acc(f))
+        pixelwise = positive_weights(KIND_NAMES[kind]) is None
+        return f.new_empty((2, f.shape[0], 0) if pixelwise else (2, *f.shape[:2]), dtype=_acc(f))
     return (*(_per_sample(fi) for _ in range(3)), maps(fi), maps(fl), weights(fi), weights(fl))
 
 

@@ -17,7 +17,7 @@ import torch
 from . import reference
 from ._args import flag, real, size_pair
 from ._layout import acc_dtype, big, small
-from ._schema import KIND_CODES
+from ._schema import KIND_CODES, positive_weights
 from .backend import BACKENDS, namespace, resolve
 from .reference import EPS
 
@@ -219,8 +219,7 @@ def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
     linear head): no N x K x H x W gradient is then built for it. Returns the reduced ``loss``
     and the per-sample parts (float32).
     """
-    if attention not in KIND_CODES:
-        raise ValueError(f"attention must be one of {tuple(KIND_CODES)}, got {attention!r}")
+    pixelwise = positive_weights(attention) is None  # a ValueError for an unknown kind
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     sigma, omega, eps = _mask_options(sigma, omega, eps)
@@ -232,7 +231,7 @@ def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
     if inner_features.shape[0] != last_features.shape[0]:
         raise ValueError(f"inner_features has N = {inner_features.shape[0]} but last_features has "
                          f"N = {last_features.shape[0]}")
-    if attention == "pixel":
+    if pixelwise:
         _channels(inner_features, "inner_features", 'attention="pixel"')
         _channels(last_features, "last_features", 'attention="pixel"')
     tensors = (inner_features, inner_grads_target, inner_grads_confuser,

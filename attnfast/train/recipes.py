@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from .._schema import ATTENTION_KINDS
 from . import data as data_mod
 from . import models
 
@@ -92,7 +93,7 @@ def parse_args(argv=None):
     a("--milestones", type=lambda s: tuple(int(v) for v in s.split(",") if v),
       help="epochs where a step schedule divides the LR by 10, e.g. 81,122")
     a("--warmup-epochs", type=float)
-    a("--attention", choices=("pixel", "channel", "gradcam"))
+    a("--attention", choices=tuple(ATTENTION_KINDS))
     a("--order", choices=("first", "second"), help="sharpen-focus: second order differentiates "
       "through the attention gradients (the paper), first order treats them as constants")
     a("--first-order", dest="order", action="store_const", const="first",
