@@ -1,7 +1,9 @@
 """Each folder does one job: benchmarks/ times things (through attnfast.bench), experiments/ are
 thin scripts over the trainer (attnfast.train trains; no experiment has a training loop of its
-own), and the GPU check with its compute-sanitizer case lives in .ci/."""
+own), the GPU check with its compute-sanitizer case lives in .ci/, and every file a doc links
+to exists."""
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,3 +53,16 @@ def test_gpu_check_runs_its_sanitizer_case_next_to_it():
     text = (ROOT / ".ci" / "gpu_check.sh").read_text()
     assert (ROOT / ".ci" / "sanitize_case.py").is_file()
     assert ".ci/sanitize_case.py" in text and "benchmarks/sanitize_case" not in text
+
+
+def test_every_file_a_doc_links_to_exists():
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+            *sorted(ROOT.glob("benchmarks/*.md"))]
+    missing = []
+    for doc in docs:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if "://" in target or target.startswith("#"):
+                continue
+            if not (doc.parent / target.split("#")[0]).exists():
+                missing.append(f"{doc.relative_to(ROOT)} -> {target}")
+    assert not missing, f"links to files that do not exist: {missing}"
