@@ -18,9 +18,8 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._schema import KIND_CODES, LOSS_CODES, OPS
+from ._schema import KIND_NAMES, LOSS_CODES, OPS, map_form, positive_weights
 
-_KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
 _LOSS_NAMES = {code: name for name, code in LOSS_CODES.items()}
 
 
@@ -92,7 +91,7 @@ def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
                        last_features, last_grads_target, last_grads_confuser,
                        kind, sigma, omega, alpha, normalize, mask_grad, eps):
     """The three parts, then the hidden maps and weights of each layer (``_schema``)."""
-    attention = _KIND_NAMES[kind]
+    attention = KIND_NAMES[kind]
     layers = [[reference.layer_attention(f, g, attention, weights=True) for g in gs]
               for f, gs in ((inner_features, (inner_grads_target, inner_grads_confuser)),
                             (last_features, (last_grads_target, last_grads_confuser)))]
@@ -100,7 +99,8 @@ def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
         *(a for layer in layers for a, _ in layer), sigma=sigma, omega=omega, alpha=alpha,
         normalize=normalize, mask_grad=mask_grad, eps=eps)
     maps = [torch.stack([a.detach() for a, _ in layer]) for layer in layers]
-    weights = [torch.stack([w.detach() for _, w in layer]) if attention != "pixel" else
+    weights = [torch.stack([w.detach() for _, w in layer])
+               if positive_weights(attention) is not None else
                layer[0][0].new_empty((2, layer[0][0].shape[0], 0)) for layer in layers]
     return (*parts, *maps, *weights)
 
@@ -116,12 +116,13 @@ ggam_loss_backward = _backward("ggam_loss")
 
 def guidance_loss(features, grads, boxes, rows, coverage, kind, loss, image_h, image_w, eps):
     """Per-row losses, then the hidden maps and the channel kinds' weights (``_schema``)."""
-    attention = _KIND_NAMES[kind]
+    attention = KIND_NAMES[kind]
     if coverage.numel() == 0:
         coverage = reference.box_coverage(boxes, (image_h, image_w), features.shape[-2:])
     a, w = reference.guidance_map(features, grads, rows, attention, weights=True)
     out = reference.guidance_from_maps(a, coverage, _LOSS_NAMES[loss], eps)
-    w = a.new_empty((a.shape[0], 0)) if w is None or attention == "pixel" else w.detach()
+    channel = map_form(attention) in ("positive", "signed")  # the kernels keep these weights
+    w = w.detach() if channel else a.new_empty((a.shape[0], 0))
     return out, a.detach(), w
 
 

@@ -39,9 +39,9 @@ the eager ``torch`` backend (``attnfast._eager``) has the same signatures over
 
 Kernels compute in float32 (float64 for float64), return maps/losses in that dtype and input
 gradients in the dtype of the input (big-tensor gradients in the input's memory layout), and use
-64-bit index arithmetic. ``kind`` (KIND_CODES): 0 = pixel, 1 = channel (positive weights),
-2 = gradcam, 3 = ixg (input x gradient at the layer; ``guidance_loss`` only); ``loss``
-(LOSS_CODES, ``guidance_loss``): 0 = energy, 1 = l1, 2 = ppce, 3 = rrr.
+64-bit index arithmetic. ``kind``: the code of an attention kind in ``GUIDANCE_KINDS`` (the
+kinds of ``ATTENTION_KINDS`` and ixg, which ``guidance_loss`` alone takes); ``loss`` (LOSS_CODES,
+``guidance_loss``): 0 = energy, 1 = l1, 2 = ppce, 3 = rrr.
 The math of every op is ``attnfast.reference`` (docs/SPEC.md).
 """
 from __future__ import annotations
@@ -51,9 +51,40 @@ from typing import Callable
 
 import torch
 
-KIND_CODES = {"pixel": 0, "channel": 1, "gradcam": 2, "ixg": 3}
-SHARPEN_FOCUS_KINDS = ("pixel", "channel", "gradcam")   # the maps of Sharpen Focus Eq. 3-5
-GUIDANCE_KINDS = tuple(KIND_CODES)                        # guidance_loss takes every map
+# The attention kinds, one row each: name -> (code, channel weights). ``code`` is the ``kind``
+# integer the kernels take. ``channel weights`` says how a map A of features F and gradients G is
+# built: None, pixel-wise, A = ReLU(mean_k G[k] F[k]) (Sharpen Focus Eq. 5); "positive",
+# A = ReLU(sum_k w[k] F[k]) with w = mean_p ReLU(G[k]) (Eq. 3-4); "signed", the same with
+# w = mean_p G[k] (Grad-CAM). Every switch over kinds (reference, capture, cam, the Triton
+# kernels) reads this table; the C++ and CUDA kernels take the codes.
+ATTENTION_KINDS = {
+    "pixel": (0, None),
+    "channel": (1, "positive"),
+    "gradcam": (2, "signed"),
+}
+# guidance_loss takes one more map: input x gradient at the layer, A = sum_k G[k] F[k] (a sum, no
+# ReLU); "sum" in the table's second column.
+GUIDANCE_KINDS = {**ATTENTION_KINDS, "ixg": (3, "sum")}
+KIND_CODES = {name: code for name, (code, _) in GUIDANCE_KINDS.items()}
+KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
+
+
+def map_form(kind: str):
+    """The second column of ``GUIDANCE_KINDS`` for ``kind``: None (pixel-wise mean), "positive"
+    or "signed" (channel weights), "sum" (input x gradient); a ValueError for an unknown kind."""
+    if kind not in GUIDANCE_KINDS:
+        raise ValueError(f"attention must be one of {tuple(GUIDANCE_KINDS)}, got {kind!r}")
+    return GUIDANCE_KINDS[kind][1]
+
+
+def positive_weights(kind: str):
+    """How the map of attention kind ``kind`` (a name of ``ATTENTION_KINDS``) is built: None for
+    a pixel-wise map, True for channel weights ReLU'd (``positive``), False for signed ones
+    (Grad-CAM). An unknown name is a ValueError listing the known ones."""
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"attention must be one of {tuple(ATTENTION_KINDS)}, got {kind!r}")
+    weights = ATTENTION_KINDS[kind][1]
+    return None if weights is None else weights == "positive"
 LOSS_CODES = {"energy": 0, "l1": 1, "ppce": 2, "rrr": 3}  # guidance_loss (docs/SPEC.md)
 
 
@@ -136,8 +167,8 @@ def _sf_fake(fi, gti, gci, fl, gtl, gcl, kind, *options):
         return f.new_empty((2, f.shape[0], *f.shape[2:]), dtype=_acc(f))
 
     def weights(f):
-        return f.new_empty((2, *f.shape[:2]) if kind != KIND_CODES["pixel"] else
-                           (2, f.shape[0], 0), dtype=_acc(f))
+        pixelwise = positive_weights(KIND_NAMES[kind]) is None
+        return f.new_empty((2, f.shape[0], 0) if pixelwise else (2, *f.shape[:2]), dtype=_acc(f))
     return (*(_per_sample(fi) for _ in range(3)), maps(fi), maps(fl), weights(fi), weights(fl))
 
 
@@ -151,7 +182,7 @@ def _guidance_fake(f, g, boxes, rows, coverage, kind, loss, image_h, image_w, ep
     """Per-row losses (R), then the hidden maps (R x h x w) and channel weights (R x K for the
     channel and gradcam kinds, R x 0 otherwise)."""
     r, dt = g.shape[0], _acc(f)
-    channel = kind in (KIND_CODES["channel"], KIND_CODES["gradcam"])
+    channel = map_form(KIND_NAMES[kind]) in ("positive", "signed")
     return (f.new_empty((r,), dtype=dt), f.new_empty((r, *f.shape[2:]), dtype=dt),
             f.new_empty((r, f.shape[1] if channel else 0), dtype=dt))
 

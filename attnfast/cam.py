@@ -51,12 +51,14 @@ import torch.nn.functional as nnf
 
 from . import ops
 from ._compat import compile_opaque, donated_buffer_disabled
-from .capture import (Attached, LayerTap, find_head, head_mismatch,
+from ._schema import ATTENTION_KINDS, positive_weights
+from .capture import (Attached, LayerTap, find_head, head_mismatch, layer_map,
                       refuse_compiled_double_backward, resolve_layer)
 
-__all__ = ["CAM", "CAMOutput", "KINDS", "save_overlay"]
+__all__ = ["CAM", "CAMOutput", "CAM_KINDS", "save_overlay"]
 
-KINDS = ("gradcam", "hirescam", "pixel", "channel")
+# The kinds of map CAM draws: HiResCAM and the ops' attention kinds (_schema.ATTENTION_KINDS).
+CAM_KINDS = ("hirescam", *ATTENTION_KINDS)
 
 
 class CAMOutput(NamedTuple):
@@ -73,7 +75,7 @@ class CAM(Attached):
     """Class activation maps of ``model`` at ``target_layers`` (a name or a list of
     ``model.named_modules()`` names); see the module docstring for the math and the cost.
 
-    ``kind``: one of :data:`KINDS`. ``head``: "auto" (an ``nn.Linear`` named fc / head /
+    ``kind``: one of :data:`CAM_KINDS`. ``head``: "auto" (an ``nn.Linear`` named fc / head /
     classifier / linear, used analytically for the layers whose GAP feeds it), a name or module
     (required to be such a head for at least one layer), or None (autograd everywhere).
     ``size``: "input" (default), None (the layer's own h x w) or (H, W). ``normalize``: divide
@@ -87,8 +89,8 @@ class CAM(Attached):
 
     def __init__(self, model, target_layers, kind="gradcam", *, head="auto", size="input",
                  normalize=True, create_graph=False, batch_classes="vmap"):
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind not in CAM_KINDS:
+            raise ValueError(f"kind must be one of {CAM_KINDS}, got {kind!r}")
         if batch_classes not in ("vmap", "loop"):
             raise ValueError(f"batch_classes must be 'vmap' or 'loop', got {batch_classes!r}")
         self.layers = [target_layers] if isinstance(target_layers, str) else list(target_layers)
@@ -182,11 +184,9 @@ class CAM(Attached):
 
     def _map(self, f, g):
         """One class's raw map of ``self.kind`` from features and their N x K x h x w gradient."""
-        if self.kind == "pixel":
-            return ops.pixel_attention(f, g)
         if self.kind == "hirescam":
             return ops.pixel_attention(f, g) * f.shape[1]  # ReLU(x) K = ReLU(K x), K > 0
-        return ops.channel_attention(f, g, positive=(self.kind == "channel"))
+        return layer_map(f, g, self.kind)
 
     def _analytic_weights(self, feats, logits, classes):
         """{layer: N x T x K per-channel weights} for the layers GAP feeds into the head."""
@@ -201,10 +201,12 @@ class CAM(Attached):
             acc = torch.float64 if f.dtype == w.dtype == torch.float64 else torch.float32
             g = w[classes].to(acc) / (h * wd)  # N x T x K = dY^c / dF at every pixel; the ops'
             # accumulation dtype (docs/SPEC.md decision 16), so float64 models stay float64
-            if self.kind == "channel":
+            # HiResCAM's map at such a layer is Grad-CAM's: signed weights
+            positive = False if self.kind == "hirescam" else positive_weights(self.kind)
+            if positive is None:
+                g = g / f.shape[1]  # pixel-wise: the mean over channels
+            elif positive:
                 g = g.clamp_min(0)
-            elif self.kind == "pixel":
-                g = g / f.shape[1]
             out[name] = g if self.create_graph else g.detach()
         if self._head_required and not out:
             raise ValueError("head is not an nn.Linear fed by global average pooling of any "

@@ -42,11 +42,11 @@ from . import ops
 from ._batchnorm import FixedBatchStatistics
 from ._batchnorm import score_gradient_pass as _score_gradient_pass
 from ._compat import compile_opaque, donated_buffer_disabled
+from ._schema import positive_weights
 
 __all__ = ["class_attention_maps", "resolve_layer", "FixedBatchStatistics", "Attached",
            "find_head", "head_mismatch"]
 
-ATTENTION_KINDS = ("pixel", "channel", "gradcam")
 # Names under which a model's nn.Linear classifier fed by global average pooling is looked for
 # (the analytic last-layer gradient W[c] / (H W) of SharpenFocus and CAM).
 HEAD_NAMES = ("fc", "head", "head.fc", "classifier", "linear")
@@ -95,8 +95,8 @@ def refuse_compiled_double_backward(model, wrapper, double_backward):
 
 
 def check_attention(attention):
-    if attention not in ATTENTION_KINDS:
-        raise ValueError(f"attention must be 'pixel', 'channel' or 'gradcam', got {attention!r}")
+    """A ValueError unless ``attention`` names a kind of ``_schema.ATTENTION_KINDS``."""
+    positive_weights(attention)
 
 
 def describe(value) -> str:
@@ -351,12 +351,14 @@ def score_grads(logits, classes, features, create_graph):
 
 
 def layer_map(features, grads, kind):
-    """Raw map of one class at one layer: pixel (Eq. 5), channel (Eq. 3-4) or Grad-CAM."""
+    """Raw map of one class at one layer, of attention kind ``kind`` (``_schema.ATTENTION_KINDS``:
+    pixel Eq. 5, channel Eq. 3-4, Grad-CAM); ``grads`` 4-D or N x K (the same at every pixel)."""
+    positive = positive_weights(kind)
     if grads.dim() == 2:
         grads = grads[:, :, None, None].expand(-1, -1, *features.shape[-2:])
-    if kind == "pixel":
+    if positive is None:
         return ops.pixel_attention(features, grads)
-    return ops.channel_attention(features, grads, positive=(kind == "channel"))
+    return ops.channel_attention(features, grads, positive=positive)
 
 
 def class_attention_maps(model, layer, images, classes, attention="pixel"):

@@ -22,7 +22,7 @@ import torch
 
 from . import ops
 from ._args import flag, real
-from ._compat import donated_buffer_disabled
+from ._compat import compile_opaque, donated_buffer_disabled
 from ._schema import GUIDANCE_KINDS, LOSS_CODES
 from .capture import (LayerTap, SupervisedWrapper, check_targets, classification_loss,
                       detach_step, refuse_compiled_double_backward, score_grads)
@@ -102,7 +102,7 @@ class Guidance(SupervisedWrapper):
                  second_order=True, multilabel=False, per_sample_grads=False, eps=1e-6):
         super().__init__()
         if attention not in GUIDANCE_KINDS:
-            raise ValueError(f"attention must be one of {GUIDANCE_KINDS}, got {attention!r}")
+            raise ValueError(f"attention must be one of {tuple(GUIDANCE_KINDS)}, got {attention!r}")
         if loss not in LOSS_CODES:
             raise ValueError(f"loss must be one of {tuple(LOSS_CODES)}, got {loss!r}")
         if isinstance(layers, str):
@@ -146,7 +146,7 @@ class Guidance(SupervisedWrapper):
                                 self.second_order and keep_graph)
         return step if keep_graph else detach_step(step)
 
-    @torch.compiler.disable  # autograd.grad w.r.t. hooked features: eager (model may be compiled)
+    @compile_opaque  # autograd.grad w.r.t. hooked features: eager (model may be compiled)
     def _guided(self, images, targets, boxes, annotated, box_classes, create_graph):
         with donated_buffer_disabled():
             with self._tap.capture() as store:

@@ -17,7 +17,7 @@ import torch
 from . import reference
 from ._args import flag, real, size_pair
 from ._layout import acc_dtype, big, small
-from ._schema import GUIDANCE_KINDS, KIND_CODES, LOSS_CODES, SHARPEN_FOCUS_KINDS
+from ._schema import GUIDANCE_KINDS, KIND_CODES, LOSS_CODES, map_form, positive_weights
 from .backend import BACKENDS, namespace, resolve
 from .reference import EPS
 
@@ -229,7 +229,7 @@ def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
     linear head): no N x K x H x W gradient is then built for it. Returns the reduced ``loss``
     and the per-sample parts (float32).
     """
-    _choice(attention, "attention", SHARPEN_FOCUS_KINDS)
+    pixelwise = positive_weights(attention) is None  # a ValueError for an unknown kind
     _choice(reduction, "reduction", _REDUCTIONS)
     sigma, omega, eps = _mask_options(sigma, omega, eps)
     alpha = real(alpha, "alpha")
@@ -240,7 +240,7 @@ def sharpen_focus_loss(inner_features, inner_grads_target, inner_grads_confuser,
     if inner_features.shape[0] != last_features.shape[0]:
         raise ValueError(f"inner_features has N = {inner_features.shape[0]} but last_features has "
                          f"N = {last_features.shape[0]}")
-    if attention == "pixel":
+    if pixelwise:
         _channels(inner_features, "inner_features", 'attention="pixel"')
         _channels(last_features, "last_features", 'attention="pixel"')
     tensors = (inner_features, inner_grads_target, inner_grads_confuser,
@@ -354,7 +354,7 @@ def guidance_loss(features, grads, boxes=None, rows=None, *, image_size=None, ma
     order), never the boxes. With gradients off, 1 - energy is the energy pointing game (EPG).
     docs/SPEC.md decisions 19-23.
     """
-    _choice(attention, "attention", GUIDANCE_KINDS)
+    _choice(attention, "attention", tuple(GUIDANCE_KINDS))
     _choice(loss, "loss", tuple(LOSS_CODES))
     _choice(reduction, "reduction", _REDUCTIONS)
     eps = _eps(eps)
@@ -372,7 +372,7 @@ def guidance_loss(features, grads, boxes=None, rows=None, *, image_size=None, ma
         if grads.shape[1] != k:
             raise ValueError(f"grads given per channel must be R x K with K = {k}, got "
                              f"{tuple(grads.shape)}")
-    if attention == "pixel":
+    if map_form(attention) is None:
         _channels(features, "features", 'attention="pixel" (a mean over the channels)')
     if (boxes is None) == (mask is None):
         raise ValueError("give exactly one of boxes (R x B x 4, with image_size) or mask")

@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
+from ._schema import map_form, positive_weights
+
 EPS = 1e-6
-KINDS = ("pixel", "channel", "gradcam")
 
 
 def acc_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -104,14 +105,13 @@ def layer_attention(features, grads, kind, weights=False):
     ``weights=True`` returns (map, w) with w the N x K channel weights of the channel kinds
     (A = ReLU(sum_k w[k] F[k])), None for the pixel kind.
     """
-    if kind not in KINDS:
-        raise ValueError(f"attention must be one of {KINDS}, got {kind!r}")
+    positive = positive_weights(kind)
     if grads.dim() == 2:
         grads = grads[:, :, None, None].expand(-1, -1, *features.shape[-2:])
-    if kind == "pixel":
+    if positive is None:
         a, w = pixel_attention(features, grads), None
     else:
-        w = channel_weights(grads, positive=(kind == "channel"))
+        w = channel_weights(grads, positive=positive)
         a = weighted_attention(features, w)
     return (a, w) if weights else a
 
@@ -200,7 +200,7 @@ def guidance_map(features, grads, rows, kind, weights=False):
     for a gradient equal at every pixel (GAP + linear head). ``weights=True``: (A, w) as
     ``layer_attention`` (w None for ixg)."""
     f = features[rows.long()]
-    if kind != "ixg":
+    if map_form(kind) != "sum":
         return layer_attention(f, grads, kind, weights)
     f, g = _acc(f, grads)
     a = torch.einsum("rkhw,rk->rhw", f, g) if g.dim() == 2 else (f * g).sum(dim=1)

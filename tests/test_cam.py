@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 
 import attnfast
-from attnfast.cam import CAM, KINDS, save_overlay
+from attnfast.cam import CAM, CAM_KINDS, save_overlay
 from attnfast.train import models
 
 from conftest import require
@@ -82,7 +82,7 @@ def test_gradcam_equals_captum_layer_gradcam(layer):
 
 
 # ------------------------------------------------------------------------------ by hand
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", CAM_KINDS)
 @pytest.mark.parametrize("layer", ["layer2", "layer3"])
 def test_kinds_against_hand_computed(kind, layer):
     model, x = _model(), _images()

@@ -11,7 +11,8 @@ import attnfast
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = (ROOT / "docs" / "SPEC.md").read_text()
-SOURCES = [p for d in ("attnfast", "triton_kernels", "csrc", "tests", "benchmarks")
+SOURCES = [p for d in ("attnfast", "triton_kernels", "csrc", "tests", "benchmarks", "experiments",
+                        ".ci")
            for p in sorted((ROOT / d).rglob("*"))
            if p.suffix in (".py", ".h", ".cuh", ".cu", ".cpp", ".md")]
 

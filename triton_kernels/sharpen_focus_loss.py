@@ -22,7 +22,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
-from attnfast._schema import KIND_CODES
+from attnfast._schema import KIND_NAMES, positive_weights
 
 from ._attention_pass import Side, attention_grads, attention_maps
 from ._common import MAP, RELU_VEC, VEC, launchable, map_block, register
@@ -257,12 +257,17 @@ def _map_math(inner, last, sigma, omega, alpha, normalize, eps, upstream=None, m
     return outs
 
 
+def _positive(kind):
+    """How the maps of kind code ``kind`` are built (``attnfast._schema.positive_weights``)."""
+    return positive_weights(KIND_NAMES[kind])
+
+
 def _side(features, grads, kind, weights=None):
     """The side of the pass over F that makes the attention map of ``grads`` (4-D or N x K);
     ``weights``: the channel means of a 4-D ``grads`` when already known (the backward)."""
-    if kind == KIND_CODES["pixel"]:
+    positive = _positive(kind)
+    if positive is None:
         return Side(grads, MAP if grads.dim() == 4 else VEC, 1.0 / max(features.shape[1], 1))
-    positive = kind == KIND_CODES["channel"]
     if grads.dim() == 4:
         return Side(channel_means(grads, positive) if weights is None else weights, VEC)
     return Side(grads, RELU_VEC if positive else VEC)
@@ -273,7 +278,7 @@ def _layer_maps(features, grads_t, grads_c, kind):
     raw attention maps in one pass over F, and the channel weights they were built from."""
     sides = [_side(features, g, kind) for g in (grads_t, grads_c)]
     maps = torch.stack(attention_maps(features, sides))
-    if kind == KIND_CODES["pixel"]:
+    if _positive(kind) is None:
         return maps, maps.new_empty((2, features.shape[0], 0))
     return maps, torch.stack([sd.x.to(maps.dtype).relu() if sd.mode == RELU_VEC else
                               sd.x.to(maps.dtype) for sd in sides])
@@ -285,8 +290,9 @@ def _layer_grads(features, grads_t, grads_c, kind, maps, weights, dmaps):
     sides = [_side(features, g, kind, w) for g, w in zip((grads_t, grads_c), weights)]
     dfeat, dsides = attention_grads(features, sides, dmaps, maps)
     hw = features.shape[2] * features.shape[3]
-    dgrads = [d if kind == KIND_CODES["pixel"] or g.dim() == 2 else
-              spread_weights(d, g, kind == KIND_CODES["channel"], 1.0 / max(hw, 1))
+    positive = _positive(kind)
+    dgrads = [d if positive is None or g.dim() == 2 else
+              spread_weights(d, g, positive, 1.0 / max(hw, 1))
               for g, d in zip((grads_t, grads_c), dsides)]
     return dfeat, *dgrads
 

@@ -103,7 +103,7 @@ def peak_extra(prepare, run, device) -> int:
 
 def training_cases(cfg: Config) -> list:
     """(case name, network) pairs of the run's training cases, filtered by ``cfg.cases``."""
-    return _cases.train_cases(cfg)
+    return _cases.selected_training_cases(cfg)
 
 
 def training_variants() -> list:

@@ -136,7 +136,7 @@ class Case:
         return out
 
 
-def kernel_cases(device: str = "cpu") -> list:
+def all_kernel_cases(device: str = "cpu") -> list:
     """Every op at the inner/last layers of each network of ``NETS[device]``; map ops on the
     inner layer's maps (soft_mask resizes the last map to the inner size, as the loss does);
     GGAM ops on the last layer; the fused loss with pixel maps and with the "channel" kind fed
@@ -173,8 +173,8 @@ def kernel_cases(device: str = "cpu") -> list:
 
 
 def selected_kernel_cases(cfg: Config) -> list:
-    """``kernel_cases`` of the device, filtered by --cases."""
-    return [c for c in kernel_cases(cfg.device) if cfg.selected(c.name, c.op, c.net)]
+    """``all_kernel_cases`` of the device, filtered by --cases."""
+    return [c for c in all_kernel_cases(cfg.device) if cfg.selected(c.name, c.op, c.net)]
 
 
 # ========================================================================== training steps
@@ -205,7 +205,7 @@ TRAIN_NETS = {
 }
 
 
-def train_cases(cfg: Config) -> list:
+def selected_training_cases(cfg: Config) -> list:
     """(case name, TrainNet) of this run: ``TRAIN_NETS`` of the device (CPU --quick: "quick"),
     filtered by --cases."""
     nets = TRAIN_NETS["quick" if cfg.quick and cfg.device == "cpu" else cfg.device]

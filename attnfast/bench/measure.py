@@ -2,7 +2,7 @@
 every training case (one row per network and variant), with the ratios between them."""
 from __future__ import annotations
 
-from .cases import MB, MODES, Config, selected_kernel_cases, train_cases
+from .cases import MB, MODES, Config, selected_kernel_cases, selected_training_cases
 from .providers import providers
 from .report import environment, flag_noisy, loadavg, target_lines
 from .timing import (Timed, cache_flusher, copy_bandwidth, describe, peak_extra, summarize,
@@ -65,7 +65,7 @@ def run_training(cfg: Config, log=print) -> list:
     """One row per (net, variant): step time and peak memory, with ratios to the baseline step
     (``time_x_baseline``, ``mem_x_baseline``) and the speed-up over the hooks approach."""
     rows = []
-    for case, net in train_cases(cfg):
+    for case, net in selected_training_cases(cfg):
         steps, entries = {}, []
         for name in train_variants():
             try:

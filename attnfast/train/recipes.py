@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from .._schema import ATTENTION_KINDS, GUIDANCE_KINDS, LOSS_CODES
 from . import data as data_mod
 from .. import models, pretrained
 
@@ -130,7 +131,7 @@ def parse_args(argv=None):
     a("--milestones", type=lambda s: tuple(int(v) for v in s.split(",") if v),
       help="epochs where a step schedule divides the LR by 10, e.g. 81,122")
     a("--warmup-epochs", type=float)
-    a("--attention", choices=("pixel", "channel", "gradcam"))
+    a("--attention", choices=tuple(ATTENTION_KINDS))
     a("--order", choices=("first", "second"), help="sharpen-focus: second order differentiates "
       "through the attention gradients (the paper), first order treats them as constants")
     a("--first-order", dest="order", action="store_const", const="first",
@@ -155,10 +156,10 @@ def parse_args(argv=None):
     a("--ggam-guide", choices=("paper", "standardized"),
       help="GGAM's guide T: the paper's normalized sigmoid(beta) or beta standardized per map "
            "(docs/GGAM_AND_CAPTURE.md)")
-    a("--guidance-loss", choices=("energy", "l1", "ppce", "rrr"),
+    a("--guidance-loss", choices=tuple(LOSS_CODES),
       help="guidance: the loss of the guided maps against the boxes (Rao et al. 2023)")
     a("--guidance-layers", help="guidance: 'last', 'inner', 'both' or comma-separated layer names")
-    a("--guidance-attention", choices=("gradcam", "ixg", "pixel", "channel"),
+    a("--guidance-attention", choices=tuple(GUIDANCE_KINDS),
       help="guidance: the guided map")
     a("--box-fraction", type=float, help="guidance: share of the training images whose boxes "
       "are used (chosen once per seed, listed in the run's boxes_used.json)")

@@ -97,17 +97,20 @@ cudaError_t attention_consistency_backward(int64_t n, int64_t p, const float* gr
                                            float* d_attn, float* d_mask, cudaStream_t stream);
 
 // ---------------------------------------------------------------- fused Sharpen Focus
+// The raw-pointer forms of csrc/host/sharpen_focus.h's SfLayer, SfLayerGrads and SfSaved (the
+// glue, csrc/cuda/glue/sharpen_focus.cpp, converts one into the other): distinct names, so that
+// one name means one struct in the whole of csrc/.
 // One layer: features F and the gradients of the target (0) and confuser (1) class scores,
 // each either big (`flat[c]` false) or N x K float32 (`flat[c]` true: the same at every pixel;
 // g[c] is then a const float*).
-struct SfLayer {
+struct SfLayerPtrs {
   Geometry geo;
   const void* f;
   const void* g[2];
   bool flat[2];
 };
 // Its gradients: d_f like F, d_g[c] like g[c] (a float* N x K when flat[c]).
-struct SfLayerGrads {
+struct SfLayerGradPtrs {
   void* d_f;
   void* d_g[2];
 };
@@ -115,21 +118,22 @@ struct SfLayerGrads {
 // the raw maps A_c (after the ReLU, before any normalization) of target (0) and confuser (1);
 // weights 2 x N x K, the w of A_c = ReLU(sum_k w[k] F[k]) (channel kinds; null for the pixel
 // kind). The forward writes them, the backward only reads them.
-struct SfSaved {
+struct SfSavedPtrs {
   float* maps;
   float* weights;
 };
 // The options (kind, sigma, omega, alpha, eps, normalize, mask_grad): SfOptions of common/defs.h.
-cudaError_t sharpen_focus_loss(DType dt, const SfLayer& inner, const SfLayer& last,
+cudaError_t sharpen_focus_loss(DType dt, const SfLayerPtrs& inner, const SfLayerPtrs& last,
                                const SfOptions<float>& o, float* inner_iou, float* last_iou,
-                               float* consistency, const SfSaved& s_inner, const SfSaved& s_last,
+                               float* consistency, const SfSavedPtrs& s_inner,
+                               const SfSavedPtrs& s_last,
                                Scratch scratch, cudaStream_t stream);
 cudaError_t sharpen_focus_loss_backward(DType dt, const float* g_inner_iou,
                                         const float* g_last_iou, const float* g_consistency,
-                                        const SfLayer& inner, const SfLayer& last,
-                                        const SfSaved& s_inner, const SfSaved& s_last,
-                                        const SfOptions<float>& o, const SfLayerGrads& d_inner,
-                                        const SfLayerGrads& d_last, Scratch scratch,
+                                        const SfLayerPtrs& inner, const SfLayerPtrs& last,
+                                        const SfSavedPtrs& s_inner, const SfSavedPtrs& s_last,
+                                        const SfOptions<float>& o, const SfLayerGradPtrs& d_inner,
+                                        const SfLayerGradPtrs& d_last, Scratch scratch,
                                         cudaStream_t stream);
 
 // ---------------------------------------------------------------- GGAM

@@ -4,7 +4,7 @@
 // "contract" pass over F (and G_t, G_c for the pixel kind) that sums both classes' maps; then ONE
 // per-sample kernel builds the four maps from the sums, the two masks (bilinear resize of the
 // normalized last target map), and the two soft-IoUs and L_ac, the maps held in shared memory
-// and written out, with the channel weights, as the saved outputs (SfSaved, api.h).
+// and written out, with the channel weights, as the saved outputs (SfSavedPtrs, api.h).
 //
 // Class c of a layer, g its gradient:
 //   pixel kind, 4-D g:  A = ReLU((1/K) sum_k g F)          (big V = g, scale 1/K)
@@ -29,11 +29,11 @@ struct LayerPlan {
   SmallV v[2];     // small V or null
   bool pooled[2];  // w is mean_p term(g) of a 4-D g (needs the weights pass)
   float scale[2];  // 1/K for a big V, else 1
-  float* w;        // 2 x N x K weights of the channel kinds (SfSaved::weights)
+  float* w;        // 2 x N x K weights of the channel kinds (SfSavedPtrs::weights)
 };
 
-// `saved_weights`: SfSaved::weights (null when empty, N = 0 or K = 0: then a scratch stand-in).
-LayerPlan plan_layer(const SfLayer& l, int64_t kind, float* saved_weights, Scratch scratch) {
+// `saved_weights`: SfSavedPtrs::weights (null when empty, N = 0 or K = 0: then a scratch stand-in).
+LayerPlan plan_layer(const SfLayerPtrs& l, int64_t kind, float* saved_weights, Scratch scratch) {
   LayerPlan lp{};
   const int64_t nk = l.geo.n * l.geo.k;
   if (kind != kPixel) lp.w = saved_weights ? saved_weights : scratch.floats(2 * nk);
@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kThreads) flat_weight_kernel(const float* g, f
 
 // The sums of both classes' maps of one layer (weights pass first when needed; the weights of
 // the channel kinds land in lp.w, the saved weights).
-cudaError_t layer_sums(DType dt, const SfLayer& l, const LayerPlan& lp, int64_t kind,
+cudaError_t layer_sums(DType dt, const SfLayerPtrs& l, const LayerPlan& lp, int64_t kind,
                        Scratch scratch, cudaStream_t stream, Partials* sums) {
   const int64_t nk = l.geo.n * l.geo.k;
   for (int c = 0; c < 2; ++c)
@@ -272,8 +272,8 @@ struct SfBackward {
 };
 
 // `saved`: the saved maps of both layers (backward), or null (forward: from `sums`).
-SfMaps sf_maps(const SfLayer& inner, const SfLayer& last, const LayerPlan (&lp)[2],
-               const Partials (&sums)[2], const SfSaved* saved, const SfOptions<float>& o) {
+SfMaps sf_maps(const SfLayerPtrs& inner, const SfLayerPtrs& last, const LayerPlan (&lp)[2],
+               const Partials (&sums)[2], const SfSavedPtrs* saved, const SfOptions<float>& o) {
   SfMaps m{};
   m.n_samples = inner.geo.n;
   for (int l = 0; l < 2; ++l) {
@@ -295,8 +295,8 @@ __global__ void __launch_bounds__(kThreads) flat_grad_kernel(const float* dw, co
 }
 
 // The layer's input gradients from r (2 x N x P): dF, dG of big classes, dw -> dG of small ones.
-cudaError_t layer_backward(DType dt, const SfLayer& l, const LayerPlan& lp, int64_t kind,
-                           const float* r, const SfLayerGrads& d, Scratch scratch,
+cudaError_t layer_backward(DType dt, const SfLayerPtrs& l, const LayerPlan& lp, int64_t kind,
+                           const float* r, const SfLayerGradPtrs& d, Scratch scratch,
                            cudaStream_t stream) {
   const int64_t nk = l.geo.n * l.geo.k;
   const bool small = lp.v[0].w || lp.v[1].w;
@@ -330,12 +330,13 @@ cudaError_t layer_backward(DType dt, const SfLayer& l, const LayerPlan& lp, int6
 
 }  // namespace
 
-cudaError_t sharpen_focus_loss(DType dt, const SfLayer& inner, const SfLayer& last,
+cudaError_t sharpen_focus_loss(DType dt, const SfLayerPtrs& inner, const SfLayerPtrs& last,
                                const SfOptions<float>& o, float* inner_iou, float* last_iou,
-                               float* consistency, const SfSaved& s_inner, const SfSaved& s_last,
+                               float* consistency, const SfSavedPtrs& s_inner,
+                               const SfSavedPtrs& s_last,
                                Scratch scratch, cudaStream_t stream) {
-  const SfLayer layers[2] = {inner, last};
-  const SfSaved saved[2] = {s_inner, s_last};
+  const SfLayerPtrs layers[2] = {inner, last};
+  const SfSavedPtrs saved[2] = {s_inner, s_last};
   LayerPlan lp[2];
   Partials sums[2];
   for (int l = 0; l < 2; ++l) {
@@ -350,13 +351,13 @@ cudaError_t sharpen_focus_loss(DType dt, const SfLayer& inner, const SfLayer& la
 
 cudaError_t sharpen_focus_loss_backward(DType dt, const float* g_inner_iou,
                                         const float* g_last_iou, const float* g_consistency,
-                                        const SfLayer& inner, const SfLayer& last,
-                                        const SfSaved& s_inner, const SfSaved& s_last,
-                                        const SfOptions<float>& o, const SfLayerGrads& d_inner,
-                                        const SfLayerGrads& d_last, Scratch scratch,
+                                        const SfLayerPtrs& inner, const SfLayerPtrs& last,
+                                        const SfSavedPtrs& s_inner, const SfSavedPtrs& s_last,
+                                        const SfOptions<float>& o, const SfLayerGradPtrs& d_inner,
+                                        const SfLayerGradPtrs& d_last, Scratch scratch,
                                         cudaStream_t stream) {
-  const SfLayer layers[2] = {inner, last};
-  const SfSaved saved[2] = {s_inner, s_last};
+  const SfLayerPtrs layers[2] = {inner, last};
+  const SfSavedPtrs saved[2] = {s_inner, s_last};
   const LayerPlan lp[2] = {plan_layer(inner, o.kind, s_inner.weights, scratch),
                            plan_layer(last, o.kind, s_last.weights, scratch)};
   const Partials sums[2] = {};
@@ -367,7 +368,7 @@ cudaError_t sharpen_focus_loss_backward(DType dt, const float* g_inner_iou,
   ATTNFAST_CUDA_TRY(run_per_sample(
       SfBackward{m, g_inner_iou, g_last_iou, g_consistency, r[0], r[1], inner.geo.n}, inner.geo.n,
       SfBackward::buf_floats(m), &scratch, stream));
-  const SfLayerGrads* grads[2] = {&d_inner, &d_last};
+  const SfLayerGradPtrs* grads[2] = {&d_inner, &d_last};
   for (int l = 0; l < 2; ++l)
     ATTNFAST_CUDA_TRY(
         layer_backward(dt, layers[l], lp[l], o.kind, r[l], *grads[l], scratch, stream));

@@ -67,7 +67,7 @@ int emu_attention_consistency_backward(int64_t n, int64_t P, const float* g, con
   return attention_consistency_backward(n, P, g, a, m, eps, da, dm, nullptr);
 }
 // layers: geo[2][7], ptr[2][3] (f, g0, g1), flat[2][2]; opts: kind, normalize, mask_grad; fo: sigma, omega, alpha, eps
-static void sf_layers(const int64_t* g, void* const* ptr, const int* flat, SfLayer (&l)[2]) {
+static void sf_layers(const int64_t* g, void* const* ptr, const int* flat, SfLayerPtrs (&l)[2]) {
   for (int i = 0; i < 2; ++i) {
     l[i].geo = geo(g + 7 * i);
     l[i].f = ptr[3 * i];
@@ -80,14 +80,14 @@ static SfOptions<float> sf_opts(const int* o, const float* fo) {
 }
 // saved[4]: inner maps, last maps (2 x N x P), inner weights, last weights (2 x N x K, null for pixel)
 int emu_sharpen_focus_loss(int dt, const int64_t* g, void* const* ptr, const int* flat, const int* o, const float* fo, float* out3, float* const* saved) {
-  SfLayer l[2]; sf_layers(g, ptr, flat, l);
+  SfLayerPtrs l[2]; sf_layers(g, ptr, flat, l);
   const int64_t n = l[0].geo.n;
   Pool p; return sharpen_focus_loss(DType(dt), l[0], l[1], sf_opts(o, fo), out3, out3 + n, out3 + 2 * n, {saved[0], saved[2]}, {saved[1], saved[3]}, p.h(), nullptr);
 }
 int emu_sharpen_focus_loss_backward(int dt, const float* g3, const int64_t* g, void* const* ptr, const int* flat, const int* o, const float* fo, float* const* saved, void* const* dptr) {
-  SfLayer l[2]; sf_layers(g, ptr, flat, l);
+  SfLayerPtrs l[2]; sf_layers(g, ptr, flat, l);
   const int64_t n = l[0].geo.n;
-  SfLayerGrads d[2];
+  SfLayerGradPtrs d[2];
   for (int i = 0; i < 2; ++i) d[i].d_f = dptr[3 * i], d[i].d_g[0] = dptr[3 * i + 1], d[i].d_g[1] = dptr[3 * i + 2];
   Pool p; return sharpen_focus_loss_backward(DType(dt), g3, g3 + n, g3 + 2 * n, l[0], l[1], {saved[0], saved[2]}, {saved[1], saved[3]}, sf_opts(o, fo), d[0], d[1], p.h(), nullptr);
 }

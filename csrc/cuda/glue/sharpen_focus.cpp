@@ -9,21 +9,21 @@ namespace attnfast::cuda::glue {
 namespace {
 
 // A layer as the launchers take it; an N x K (flat) gradient is a const float*.
-SfLayer layer_of(const host::SfLayer& l) {
-  SfLayer out{geometry(l.f), l.f.data_ptr(), {vptr(l.g[0]), vptr(l.g[1])},
+SfLayerPtrs layer_of(const host::SfLayer& l) {
+  SfLayerPtrs out{geometry(l.f), l.f.data_ptr(), {vptr(l.g[0]), vptr(l.g[1])},
               {l.flat[0], l.flat[1]}};
   return out;
 }
 
 // Its gradients: d_f like F, d_g[c] big or (flat) float32 N x K.
-SfLayerGrads grads_of(const host::SfLayerGrads& d, const host::SfLayer& l) {
+SfLayerGradPtrs grads_of(const host::SfLayerGrads& d, const host::SfLayer& l) {
   void* dg[2];
   for (int c = 0; c < 2; ++c) dg[c] = l.flat[c] ? vptr(d.dg[c].work) : d.dg[c].work.data_ptr();
   return {d.df.work.data_ptr(), {dg[0], dg[1]}};
 }
 
 // The saved maps and weights of a layer (null when empty: weights of the pixel kind).
-SfSaved saved_of(const host::SfSaved& s) {
+SfSavedPtrs saved_of(const host::SfSaved& s) {
   return {fptr(s.maps), fptr(s.weights)};
 }
 

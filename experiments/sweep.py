@@ -15,11 +15,11 @@ checkpoints with channel and Grad-CAM maps); a difference under 0.005 is a tie, 
 higher top-1. If no configuration keeps that top-1, the one with the highest mean top-1 (the
 least harm).
 
-    python benchmarks/sweep_sharpen_focus.py --stage grid --jobs 2 --threads 1
-    python benchmarks/sweep_sharpen_focus.py --stage around --base "--weight 0.3"
-    python benchmarks/sweep_sharpen_focus.py --stage reeval
-    python benchmarks/sweep_sharpen_focus.py --stage ggam --out runs/sweep_ggam
-    python benchmarks/sweep_sharpen_focus.py --stage capture --base "--weight 0.1" \
+    python experiments/sweep.py --stage grid --jobs 2 --threads 1
+    python experiments/sweep.py --stage around --base "--weight 0.3"
+    python experiments/sweep.py --stage reeval
+    python experiments/sweep.py --stage ggam --out runs/sweep_ggam
+    python experiments/sweep.py --stage capture --base "--weight 0.1" \
         --out runs/sweep_capture
 
 (The ggam and capture stages go to their own folders, with the grid's ``baseline`` (and for

@@ -3,8 +3,8 @@
 # H100): build, tests, compute-sanitizer, a > 2**31-element case, the benchmark. Every step
 # logs to $OUT/<step>.log and appends "<step> <exit status> <seconds>" to $OUT/summary.txt.
 #
-#   benchmarks/gpu_check.sh                  all steps, in order
-#   benchmarks/gpu_check.sh build test       only these steps (the build stays in the tree, so a
+#   .ci/gpu_check.sh                  all steps, in order
+#   .ci/gpu_check.sh build test       only these steps (the build stays in the tree, so a
 #                                            later call can run the remaining steps)
 # Steps: env build nvcc test memcheck racecheck initcheck large bench
 # Knobs: OUT (default ./gpu_check_out), TORCH_CUDA_ARCH_LIST (setup.py default "8.0;9.0+PTX";
@@ -42,15 +42,15 @@ for step in "${steps[@]}"; do
     nvcc)  # registers / spills per kernel
       run_step nvcc bash .ci/nvcc_check.sh ;;
     test)  # the suite with CUDA visible, then every op against the reference (smoke)
-      run_step test bash -c "ATTNFAST_REQUIRE=cuda,triton $PY -m pytest tests -x -q -ra && $PY benchmarks/sanitize_case.py" ;;
+      run_step test bash -c "ATTNFAST_REQUIRE=cuda,triton $PY -m pytest tests -x -q -ra && $PY .ci/sanitize_case.py" ;;
     memcheck)
-      run_step memcheck $SAN --tool memcheck "$PY" benchmarks/sanitize_case.py --no-ref ;;
+      run_step memcheck $SAN --tool memcheck "$PY" .ci/sanitize_case.py --no-ref ;;
     racecheck)  # shared-memory hazards; slow, so the quick case
-      run_step racecheck $SAN --tool racecheck --racecheck-report hazard "$PY" benchmarks/sanitize_case.py --quick --no-ref ;;
+      run_step racecheck $SAN --tool racecheck --racecheck-report hazard "$PY" .ci/sanitize_case.py --quick --no-ref ;;
     initcheck)  # reads of uninitialized device memory (workspaces)
-      run_step initcheck $SAN --tool initcheck "$PY" benchmarks/sanitize_case.py --quick --no-ref ;;
+      run_step initcheck $SAN --tool initcheck "$PY" .ci/sanitize_case.py --quick --no-ref ;;
     large)
-      run_step large "$PY" benchmarks/sanitize_case.py --large ;;
+      run_step large "$PY" .ci/sanitize_case.py --large ;;
     bench)  # float32 NCHW, float16 channels_last; JSON / Markdown / PNG under $OUT/bench*
       run_step bench bash -c "$PY -m attnfast.bench --device cuda --out '$OUT/bench' ${BENCH_ARGS:-} && $PY -m attnfast.bench --device cuda --dtype float16 --channels-last --no-training --out '$OUT/bench_fp16_cl' ${BENCH_ARGS:-}" ;;
     *)

@@ -1,12 +1,12 @@
 """Calls every attnfast CUDA op, forward and backward, through torch.ops.attnfast on small
-inputs: the case benchmarks/gpu_check.sh runs under compute-sanitizer (memcheck, racecheck,
+inputs: the case .ci/gpu_check.sh runs under compute-sanitizer (memcheck, racecheck,
 initcheck). It also compares each result with attnfast.reference (float64) and prints the max
 relative error per op, so a plain run is a quick smoke test.
 
-    python benchmarks/sanitize_case.py            # every op, 3 dtypes, NCHW / channels_last / odd
-    python benchmarks/sanitize_case.py --quick    # float32 and float16 only, fewer shapes
-    python benchmarks/sanitize_case.py --large    # one > 2**31-element case (needs ~40 GB)
-    python benchmarks/sanitize_case.py --no-ref   # the kernels only (fast under a sanitizer)
+    python .ci/sanitize_case.py            # every op, 3 dtypes, NCHW / channels_last / odd
+    python .ci/sanitize_case.py --quick    # float32 and float16 only, fewer shapes
+    python .ci/sanitize_case.py --large    # one > 2**31-element case (needs ~40 GB)
+    python .ci/sanitize_case.py --no-ref   # the kernels only (fast under a sanitizer)
 
 Exit status 1 when an error is above its tolerance.
 """

@@ -13,7 +13,7 @@ If ``precise_bn_top1`` recovers what eval-mode top-1 loses, the running statisti
 if not, the weights themselves are. Writes ``<out>/<config>/.../metrics.json`` as the trainer
 does (with the extra keys) and ``<out>/late_drop.md``.
 
-    python benchmarks/late_drop.py --threads 1 --out runs/late_drop
+    python experiments/late_drop.py --threads 1 --out runs/late_drop
 """
 from __future__ import annotations
 
