@@ -11,27 +11,17 @@ import torch.nn.functional as nnf
 
 import attnfast
 from attnfast.cam import CAM, KINDS, save_overlay
-from attnfast.train import models
+from helpers import cam_images, cam_model, require
 
-from conftest import require
-
-N, CLASSES, SIZE = 3, 10, 16
+N, CLASSES, SIZE = 3, 10, (16, 24)  # non-square: an H/W mix-up cannot pass
 
 
 def _model(seed=0):
-    """CIFAR ResNet-8 (stages layer1..layer3, 16 x 16 -> 16/8/4), eval mode, running statistics
-    made non-trivial so that BatchNorm is not the identity."""
-    torch.manual_seed(seed)
-    m = models.create("resnet8", num_classes=CLASSES)
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
-    return m.eval()
+    return cam_model(CLASSES, seed)
 
 
 def _images(seed=1, n=N):
-    return torch.rand(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+    return cam_images(SIZE, seed, n)
 
 
 def _features_and_grads(model, layer, images, classes):
@@ -75,7 +65,7 @@ def test_gradcam_equals_captum_layer_gradcam(layer):
         ref = lgc.attribute(x, target=out.classes[:, t], relu_attributions=True)[:, 0]
         torch.testing.assert_close(out.maps[:, t], ref, atol=1e-6, rtol=1e-4)
         # resized to the input (Captum's interpolate, bilinear) and divided by the max + 1e-6
-        up = captum_attr.LayerAttribution.interpolate(ref[:, None], (SIZE, SIZE), "bilinear")
+        up = captum_attr.LayerAttribution.interpolate(ref[:, None], SIZE, "bilinear")
         up = up[:, 0] / (up.amax((1, 2, 3) if up.dim() == 4 else (1, 2))[:, None, None] + 1e-6)
         torch.testing.assert_close(full.maps[:, t], up, atol=1e-5, rtol=1e-4)
 
@@ -150,7 +140,7 @@ def test_topk_targets():
     model, x = _model(), _images()
     cam = CAM(model, ["layer2", "layer3"], "gradcam")
     out = cam(x, topk=5)
-    assert out.maps.shape == (N, 5, SIZE, SIZE) and out.classes.shape == (N, 5)
+    assert out.maps.shape == (N, 5, *SIZE) and out.classes.shape == (N, 5)
     assert torch.equal(out.classes, model(x).topk(5, 1).indices)
     torch.testing.assert_close(out.logits, model(x).detach())
     again = cam(x, out.classes)
@@ -211,7 +201,7 @@ def test_backward_calls_per_batch(layers, batch_classes, expected):
     for _ in range(2):
         counted.calls = 0
         out = cam(_images(), topk=5)
-        assert out.maps.shape == (N, 5, SIZE, SIZE)
+        assert out.maps.shape == (N, 5, *SIZE)
         assert counted.calls == expected and cam.grad_calls == expected
     assert cam.vmap_error is None
 
@@ -269,7 +259,7 @@ def test_create_graph_gives_gradients(layer):
     model, x = _model(), _images().requires_grad_(True)
     out = CAM(model, layer, "gradcam", create_graph=True)(x, topk=2)
     assert out.maps.requires_grad
-    loss = (out.maps * torch.linspace(0, 1, SIZE)).sum()
+    loss = (out.maps * torch.linspace(0, 1, SIZE[1])).sum()
     gx, gw = torch.autograd.grad(loss, (x, model.fc.weight))
     assert torch.isfinite(gx).all() and gx.abs().sum() > 0
     assert torch.isfinite(gw).all() and gw.abs().sum() > 0
@@ -281,7 +271,7 @@ def test_create_graph_gives_gradients(layer):
     v = torch.randn_like(x64)
 
     def value(inp):
-        return (cam64(inp, classes).maps * torch.linspace(0, 1, SIZE, dtype=torch.float64)).sum()
+        return (cam64(inp, classes).maps * torch.linspace(0, 1, SIZE[1], dtype=torch.float64)).sum()
     g, = torch.autograd.grad(value(x64), x64)
     h = 1e-6
     fd = ((value(x64.detach() + h * v) - value(x64.detach() - h * v)) / (2 * h)).detach()

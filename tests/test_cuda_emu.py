@@ -33,7 +33,7 @@ import test_registration as REG
 import test_sharpen_focus_loss as SF
 from attnfast._compat import has_kernel
 from attnfast._schema import OPS, SCHEMAS
-from conftest import DEVICE, REQUIRED, check, require
+from helpers import DEVICE, REQUIRED, check, require
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emu"))
 import emu_ext  # noqa: E402

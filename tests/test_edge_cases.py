@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import attnfast
-from conftest import BACKENDS, DEVICE, require
+from helpers import BACKENDS, DEVICE, require
 
 B = BACKENDS + ["torch"]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import attnfast
-from conftest import DEVICE, BACKENDS, cases, check, require
+from helpers import DEVICE, BACKENDS, cases, check, require
 
 MAPS = [(1, 1, 1), (5, 7, 7), (5, 13, 17), (64, 56, 56)]
 MAPS_SMALL = [(1, 1, 1), (2, 5, 7)]

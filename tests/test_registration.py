@@ -10,7 +10,7 @@ import attnfast
 from attnfast import _compat
 from attnfast._schema import OPS, SCHEMAS
 from attnfast.backend import namespace
-from conftest import BACKENDS, DEVICE, big, require
+from helpers import BACKENDS, DEVICE, big, require
 
 NAMESPACES = {"cpu": "attnfast", "cuda": "attnfast", "triton": "attnfast_triton"}
 

@@ -10,26 +10,20 @@ import torch.nn.functional as nnf
 
 import attnfast
 from attnfast import SharpenFocus
-from attnfast.train import models
+from helpers import image_batch, tiny_resnet
 
-N, C, SIZE = 6, 5, 16
+N, C, SIZE = 6, 5, (16, 12)  # non-square images: an H/W mix-up cannot pass
 
 
-@pytest.fixture(autouse=True)
-def torch_backend():
-    with attnfast.use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_backend")  # conftest
 
 
 def tiny(seed=0):
-    torch.manual_seed(seed)
-    return models.create("resnet8", C, in_channels=3).double().eval()
+    return tiny_resnet(C, seed=seed, eval_mode=True)
 
 
 def batch(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(N, 3, SIZE, SIZE, generator=g, dtype=torch.float64),
-            torch.randint(0, C, (N,), generator=g))
+    return image_batch(N, SIZE, C, seed=seed)
 
 
 def grads_of(loss, model):
@@ -131,7 +125,7 @@ def test_measure_returns_the_step_and_the_maps_of_one_pass():
                                            "last_confuser"}
     for k in maps:
         assert torch.equal(maps[k], again[k]) and not maps[k].requires_grad
-    assert maps["inner_target"].shape == (N, 8, 8) and maps["last_target"].shape == (N, 4, 4)
+    assert maps["inner_target"].shape == (N, 8, 6) and maps["last_target"].shape == (N, 4, 3)
 
 
 @pytest.mark.parametrize("kw,match", [(dict(part_weights=(1, 1)), "three non-negative"),

@@ -7,7 +7,7 @@ import attnfast
 from attnfast._schema import KIND_CODES, OPS
 from attnfast.backend import namespace
 from attnfast.reference import EPS
-from conftest import BACKENDS, DEVICE, big, check, dtypes, kink_free, pre_activation, require, small
+from helpers import BACKENDS, DEVICE, big, check, dtypes, kink_free, pre_activation, require, small
 from shapes import PAIRS, PAIRS_SMALL
 
 KINDS = ["pixel", "channel", "gradcam"]

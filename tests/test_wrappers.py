@@ -15,50 +15,26 @@ import torch.nn.functional as nnf
 import attnfast
 from attnfast import GGAM, SharpenFocus, reference
 from attnfast.baseline import Baseline
-from attnfast.train import models
+from helpers import close, forward_with, image_batch, tiny_resnet
 
-N, C, SIZE = 6, 5, 12
+N, C, SIZE = 6, 5, (12, 16)  # non-square images: an H/W mix-up cannot pass
 INNER, LAST = "layer2", "layer3"
 
 
-@pytest.fixture(autouse=True)
-def torch_backend():
-    with attnfast.use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_backend")  # conftest
 
 
 def tiny(dtype=torch.float64, seed=0, classes=C):
-    torch.manual_seed(seed)
-    return models.create("resnet8", classes, in_channels=3).to(dtype)
+    return tiny_resnet(classes, dtype=dtype, seed=seed)
 
 
 def batch(dtype=torch.float64, seed=1, n=N, classes=C):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, 3, SIZE, SIZE, generator=g, dtype=dtype),
-            torch.randint(0, classes, (n,), generator=g))
-
-
-def forward_with(model, names, x, prepend=False):
-    """Logits and the outputs of the named layers, by hooks of this test's own."""
-    store, mods = {}, dict(model.named_modules())
-    hs = [mods[n].register_forward_hook(lambda m, a, o, n=n: store.__setitem__(n, o),
-                                        prepend=prepend) for n in names]
-    try:
-        logits = model(x)
-    finally:
-        for h in hs:
-            h.remove()
-    return logits, [store[n] for n in names]
-
-
-def close(a, b, tol=1e-9):
-    err = (a - b).abs().max().item()
-    return err <= tol * max(1.0, b.abs().max().item()), err
+    return image_batch(n, SIZE, classes, dtype=dtype, seed=seed)
 
 
 def assert_close(a, b, tol=1e-9, what=""):
-    ok, err = close(a, b, tol)
-    assert ok, f"{what}: max abs error {err:.3e} (scale {b.abs().max().item():.3e})"
+    """helpers.close with rtol = atol = tol, element by element."""
+    close(a, b, what, rtol=tol, atol=tol)
 
 
 def params(model):
@@ -96,7 +72,8 @@ def test_captured_gradients_are_each_samples_own_class_gradient():
     s = logits.gather(1, y[:, None]).sum()
     bug, = torch.autograd.grad(s, fi, grad_outputs=s)
     assert abs(s.item() - 1) > 1e-3
-    assert not close(bug, per_sample_grads(model, x, y)[0])[0]
+    with pytest.raises(AssertionError):
+        assert_close(bug, per_sample_grads(model, x, y)[0], what="the bug")
 
 
 def test_analytic_head_equals_autograd_last_layer_gradients():
@@ -189,7 +166,7 @@ def test_attention_maps():
     sf = SharpenFocus(model, INNER, LAST, attention="channel")
     maps = sf.attention_maps(x, y)
     assert set(maps) == {"inner_target", "inner_confuser", "last_target", "last_confuser"}
-    assert maps["inner_target"].shape == (N, 6, 6) and maps["last_target"].shape == (N, 3, 3)
+    assert maps["inner_target"].shape == (N, 6, 8) and maps["last_target"].shape == (N, 3, 4)
     assert all(m.dtype == torch.float32 or m.dtype == torch.float64 for m in maps.values())
     ri, rl = per_sample_grads(model, x, y)
     _, (fi, fl) = forward_with(model, (INNER, LAST), x)
