@@ -1,6 +1,10 @@
-"""Arguments for every op of the kernel interface (attnfast._schema) and for its backward, in a
-given dtype and memory layout: for checks that look at what a kernel is handed or returns (fake
-kernels, Triton ahead-of-time compiles), not at values.
+"""The one source of per-op sample inputs: arguments for every op of the kernel interface
+(attnfast._schema) and for its backward, in a given dtype, memory layout and size, and the
+public call (``PUBLIC``) that takes the same arguments through ``attnfast.<op>``. Every test that
+needs "each op once" takes it from here (registration, opcheck, backward contract, fake kernels,
+Triton ahead-of-time compiles, the emulated CUDA backend, N = 0, non-finite and empty inputs);
+``tests/test_op_samples.py`` checks that every op of ``_schema.OPS`` has its entries here and
+in ``tests/boundaries.py``. Adding an op = adding its lines to ``cases`` and ``PUBLIC``.
 
 Big N x K x H x W tensors take the dtype and layout asked for; everything small (maps, weights,
 2-D grads, per-sample values) is contiguous float32, as the interface says. ``cases`` also walks
@@ -11,7 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from attnfast._schema import OPS
+import attnfast
+from attnfast.backend import namespace
+from helpers import close
+from attnfast._schema import KIND_CODES, OPS
 
 EPS = 1e-6
 
@@ -52,6 +59,45 @@ def cases(dtype=torch.float32, layout="nchw", n=2, k=3, hw=(4, 5), last=(2, 3), 
     return out
 
 
+def sample(name, **kw):
+    """The first forward arguments of ``name`` in ``cases(**kw)``."""
+    return next(args for op, args in cases(**kw) if op == name)
+
+
+_KIND = {code: kind for kind, code in KIND_CODES.items()}
+# op name -> the public function called with the kernel's forward arguments (options by name)
+PUBLIC = {
+    "channel_weights": lambda g, positive: attnfast.channel_weights(g, positive=positive),
+    "weighted_attention": lambda f, w: attnfast.weighted_attention(f, w),
+    "pixel_attention": lambda f, g: attnfast.pixel_attention(f, g),
+    "normalize_attention": lambda a, eps: attnfast.normalize_attention(a, eps=eps),
+    "soft_mask": lambda a, sigma, omega, h, w, eps: attnfast.soft_mask(
+        a, sigma=sigma, omega=omega, size=(h, w), eps=eps),
+    "soft_iou": lambda a, b, m, eps: attnfast.soft_iou(a, b, m if m.numel() else None, eps=eps),
+    "attention_consistency": lambda a, m, alpha, eps: attnfast.attention_consistency(
+        a, m, alpha=alpha, eps=eps),
+    "sharpen_focus_loss": lambda fi, gti, gci, fl, gtl, gcl, kind, sigma, omega, alpha, normalize,
+    mask_grad, eps: attnfast.sharpen_focus_loss(
+        fi, gti, gci, fl, gtl, gcl, attention=_KIND[kind], sigma=sigma, omega=omega,
+        alpha=alpha, normalize=normalize, mask_grad=mask_grad, reduction="none", eps=eps),
+    "channel_spatial_attention": lambda a, s, eps: attnfast.channel_spatial_attention(
+        a, s, eps=eps),
+    "ggam_loss": lambda s, beta, eps: attnfast.ggam_loss(s, beta, eps=eps),
+}
+
+
+def public(name, args):
+    """(the tensors of ``args``, a function of those tensors calling the public op with the
+    options of ``args``): the form ``helpers.check`` takes."""
+    slots = [isinstance(x, torch.Tensor) for x in args]
+    tensors = [x for x in args if isinstance(x, torch.Tensor)]
+
+    def call(*ts):
+        it = iter(ts)
+        return PUBLIC[name](*(next(it) if t else x for t, x in zip(slots, args)))
+    return tensors, call
+
+
 def backward_args(name, args, outputs):
     """Arguments of ``<name>_backward`` after ``outputs = <name>(*args)``: a random gradient like
     each visible output, the tensor inputs, the saved outputs, the non-tensor inputs."""
@@ -70,3 +116,41 @@ def _format(t):
             not t.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format
+
+
+def _channels_last(x):
+    return x.contiguous(memory_format=torch.channels_last) if torch.is_tensor(x) and \
+        x.dim() == 4 else x
+
+
+def check_backward_contract(backend, name, fmt, device="cpu"):
+    """``<op>_backward(*grads, *tensor inputs, *saved outputs, *options)`` of every backend gives
+    what the eager backend's gives (autograd of the reference): one gradient per tensor input,
+    in its dtype, shape and memory layout."""
+    torch.manual_seed(0)
+    op = OPS[name]
+    args = sample(name, device=device)
+    if fmt == "channels_last":
+        args = tuple(_channels_last(x) for x in args)
+    n_in = len(op.tensor_inputs)
+    ins, options = args[:n_in], args[n_in:]
+    results = {}
+    for be in (backend, "torch"):
+        ns = namespace(be)
+        outs = getattr(ns, name)(*args)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        if be == backend:
+            grads = tuple(_channels_last(torch.randn_like(o)) if o.dim() == 4 else
+                          torch.randn_like(o) for o in outs[:len(op.visible)])
+        saved = [outs[i] for i in op.saved_index]
+        got = getattr(ns, f"{name}_backward")(*grads, *ins, *saved, *options)
+        results[be] = got if isinstance(got, tuple) else (got,)
+    assert len(results[backend]) == n_in
+    for i, (g, want, x) in enumerate(zip(results[backend], results["torch"], ins)):
+        where = f"{backend} {name}_backward: gradient of {op.tensor_inputs[i]}"
+        assert g.dtype == x.dtype and g.shape == x.shape, where
+        assert want.dtype == x.dtype and want.shape == x.shape, where + " (torch backend)"
+        if x.dim() == 4:
+            assert g.stride() == x.stride(), where + ": layout not kept"
+            assert want.stride() == x.stride(), where + ": layout not kept (torch backend)"
+        close(g, want, where, rtol=1e-4, atol=1e-5)
