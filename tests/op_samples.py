@@ -17,7 +17,7 @@ import torch
 
 import attnfast
 from attnfast.backend import namespace
-from helpers import close
+from helpers import DEVICE, big, close, kink_free, pre_activation
 from attnfast._schema import KIND_CODES, OPS
 
 EPS = 1e-6
@@ -154,3 +154,78 @@ def check_backward_contract(backend, name, fmt, device="cpu"):
             assert g.stride() == x.stride(), where + ": layout not kept"
             assert want.stride() == x.stride(), where + ": layout not kept (torch backend)"
         close(g, want, where, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ sharpen_focus_loss
+def sf_inputs(dtype, n, ki, kl, inner_hw, last_hw, fmt="nchw", per_channel=False, kind="pixel"):
+    """Random (F, Gt, Gc) of an inner and a last layer, no map pre-activation near a kink."""
+    def make():
+        fi, fl = big((n, ki, *inner_hw), dtype, fmt), big((n, kl, *last_hw), dtype, fmt)
+        last_g = (lambda: torch.randn(n, kl, device=DEVICE) / 10) if per_channel else \
+            (lambda: big((n, kl, *last_hw), dtype, fmt))
+        return [fi, big(fi.shape, dtype, fmt), big(fi.shape, dtype, fmt), fl, last_g(), last_g()]
+
+    def pre(fi, gt, gc, fl, lt, lc):
+        return torch.cat([pre_activation(kind, f, g).flatten()
+                          for f, g in ((fi, gt), (fi, gc), (fl, lt), (fl, lc))])
+    return kink_free(make, pre)
+
+
+
+
+def check_per_channel_equals_broadcast(backend, kind, size=((8, 8), (4, 4))):
+    """N x K last-layer grads are exactly a gradient that is the same at every pixel."""
+    n, ki, kl, (hi, wi), (hl, wl) = 3, 4, 6, *size
+    xs = sf_inputs(torch.float32, n, ki, kl, (hi, wi), (hl, wl), per_channel=True)
+    g_t, g_c = (x.detach().requires_grad_() for x in xs[4:])
+    e_t, e_c = (g[:, :, None, None].expand(-1, -1, hl, wl) for g in (g_t, g_c))
+    with attnfast.use_backend(backend):
+        a = attnfast.sharpen_focus_loss(*xs[:4], g_t, g_c, attention=kind, reduction="sum")
+        b = attnfast.sharpen_focus_loss(*xs[:4], e_t, e_c, attention=kind, reduction="sum")
+    close(a.loss, b.loss, "loss, N x K vs broadcast grads", 1e-5, 1e-6)
+    ga = torch.autograd.grad(a.loss, (g_t, g_c))
+    gb = torch.autograd.grad(b.loss, (g_t, g_c))
+    for x, y in zip(ga, gb):
+        close(x, y, "gradient, N x K vs broadcast grads", 1e-5, 1e-6)
+
+
+def check_mask_grad_contract(backend, size=((8, 8), (4, 4))):
+    """docs/SPEC.md decision 2 by its contract, not its values: the inner soft-IoU and the
+    consistency see the last layer only through the mask, so with ``mask_grad=False`` their
+    gradient with respect to the last layer's F and G_target is exactly zero (and G_confuser's
+    always), with ``mask_grad=True`` it is not; the last soft-IoU's gradients are those of
+    ``mask_grad=False`` plus the mask path, which touches the last F and G_target only."""
+    xs = [x.requires_grad_() for x in sf_inputs(torch.float32, 2, 4, 6, *size)]
+    through_mask, whole = {}, {}
+    for mg in (False, True):
+        with attnfast.use_backend(backend):
+            out = attnfast.sharpen_focus_loss(*xs, mask_grad=mg, omega=5.0, reduction="sum")
+        g = torch.autograd.grad(out.inner_iou.sum() + out.consistency.sum(), xs[3:],
+                                allow_unused=True, retain_graph=True)
+        through_mask[mg] = [torch.zeros_like(x) if d is None else d for x, d in zip(xs[3:], g)]
+        whole[mg] = torch.autograd.grad(out.loss, xs)
+    assert all((d == 0).all() for d in through_mask[False]), \
+        f"{backend}: mask_grad=False lets gradient through the mask into the last layer"
+    assert (through_mask[True][2] == 0).all(), f"{backend}: the mask is built from the target"
+    assert not (through_mask[True][0] == 0).all() and not (through_mask[True][1] == 0).all(), \
+        f"{backend}: mask_grad=True must pass the gradient through the mask"
+    for i in (0, 1, 2, 5):  # inputs the mask does not depend on
+        close(whole[True][i], whole[False][i], f"{backend}: mask_grad changed input {i}", 1e-5,
+              1e-7)
+
+
+def call_every_op(n, dtype=torch.float32, fill=None, device="cpu"):
+    """Call every op (every case of ``cases``, through the public functions) on inputs with
+    batch n, optionally all set to ``fill``; returns (all outputs, the inputs)."""
+    samples = cases(dtype, n=n, device=device)
+    inputs = list({id(x): x for _, args in samples for x in args
+                   if isinstance(x, torch.Tensor) and x.dim() > 1}.values())  # not "no mask"
+    for x in inputs:
+        if fill is not None:
+            x.fill_(fill)
+        x.requires_grad_()
+    outs = []
+    for name, args in samples:
+        out = PUBLIC[name](*args)
+        outs.extend(out if isinstance(out, tuple) else (out,))
+    return outs, inputs

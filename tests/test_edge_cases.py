@@ -3,26 +3,14 @@ import pytest
 import torch
 
 import attnfast
-from helpers import BACKENDS, DEVICE, as_tuple, require
-from op_samples import PUBLIC, cases
+from helpers import BACKENDS, DEVICE, require
+from op_samples import call_every_op
 
 B = BACKENDS + ["torch"]
 
 
 def _all_ops(n, dtype=torch.float32, fill=None):
-    """Call every op (every case of tests/op_samples.py, through the public functions) on
-    inputs with batch n, optionally all set to ``fill``; return all outputs and the inputs."""
-    samples = cases(dtype, n=n, device=DEVICE)
-    inputs = list({id(x): x for _, args in samples for x in args
-                   if isinstance(x, torch.Tensor) and x.dim() > 1}.values())  # not "no mask"
-    for x in inputs:
-        if fill is not None:
-            x.fill_(fill)
-        x.requires_grad_()
-    outs = []
-    for name, args in samples:
-        outs.extend(as_tuple(PUBLIC[name](*args)))
-    return outs, inputs
+    return call_every_op(n, dtype, fill, device=DEVICE)
 
 
 @pytest.mark.parametrize("backend", B)
