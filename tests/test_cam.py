@@ -127,6 +127,45 @@ def test_pinned_values(head):
     torch.testing.assert_close(out.maps[0, 1], c1 / (1.25 + 1e-6))
 
 
+class _Flat(nn.Module):
+    """x (N x 2 x 1 x 2) -> body (1x1 conv, weight I) -> flatten -> fc (W, 2 x 4, no bias):
+    dY^c/dF[k, p] = W[c, 2k + p] differs from pixel to pixel, so Grad-CAM and HiResCAM differ."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(2, 2, 1, bias=False)
+        self.fc = nn.Linear(4, 2, bias=False)
+        with torch.no_grad():
+            self.body.weight.copy_(torch.eye(2)[:, :, None, None])
+            self.fc.weight.copy_(torch.tensor([[1.0, -1.0, 0.5, 0.5], [0.0, 1.0, 1.0, 0.0]]))
+
+    def forward(self, x):
+        return self.fc(self.body(x).flatten(1))
+
+
+X_ROW = torch.tensor([[[[1.0, 2.0]], [[2.0, 1.0]]]])   # F: channel 0 [1, 2], channel 1 [2, 1]
+
+
+def test_gradcam_and_hirescam_pinned_and_resized_without_aligned_corners():
+    """Class 0, G = W[0] = [[1, -1], [0.5, 0.5]]: Grad-CAM w = mean_p G = (0, 1/2), map
+    ReLU(0 F0 + F1 / 2) = [1, 1/2]; HiResCAM ReLU(G0 F0 + G1 F1) = ReLU([1 + 1, -2 + 1/2]) =
+    [2, 0]. Resized 1 x 2 -> 1 x 4 bilinearly with align_corners=False (source x of output j is
+    j / 2 - 1/4, clamped): weights [1, 0], [3/4, 1/4], [1/4, 3/4], [0, 1] (align_corners=True
+    would give thirds)."""
+    model = _Flat()
+    raw = dict(head=None, normalize=False)
+    got = {k: CAM(model, "body", k, size=None, **raw)(X_ROW, 0).maps[0, 0]
+           for k in ("gradcam", "hirescam")}
+    torch.testing.assert_close(got["gradcam"], torch.tensor([[1.0, 0.5]]), rtol=0, atol=1e-7)
+    torch.testing.assert_close(got["hirescam"], torch.tensor([[2.0, 0.0]]), rtol=0, atol=1e-7)
+    up = {k: CAM(model, "body", k, size=(1, 4), **raw)(X_ROW, 0).maps[0, 0]
+          for k in ("gradcam", "hirescam")}
+    torch.testing.assert_close(up["gradcam"], torch.tensor([[1.0, 0.875, 0.625, 0.5]]),
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(up["hirescam"], torch.tensor([[2.0, 1.5, 0.5, 0.0]]),
+                               rtol=0, atol=1e-6)
+
+
 def test_all_zero_map_stays_zero():
     model = _Tiny()
     x = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]]])

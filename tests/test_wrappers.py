@@ -403,3 +403,23 @@ def test_bad_options():
         GGAM(tiny(), LAST, channels=64, target="x")
     with pytest.raises(ValueError, match="check `channels`"):
         GGAM(tiny(), LAST, channels=32).double()(*batch())
+
+
+def test_confuser_is_the_runner_up_when_the_label_wins():
+    """Pinned logits where the label has the highest score: the confuser must be the second
+    class, not the label (random models seldom predict the label, so the test above may never
+    reach this case); multi-label: the best negative class, however high the positives."""
+    from attnfast.capture import confusers
+    logits = torch.tensor([[5.0, 3.0, 1.0, 4.0], [0.0, 2.0, 9.0, 2.5], [1.0, 1.5, 0.5, -1.0]])
+    y = torch.tensor([0, 2, 1])                 # the argmax of every row
+    assert torch.equal(confusers(logits, y), torch.tensor([3, 3, 0]))
+    multi = torch.tensor([[1, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 0]])
+    assert torch.equal(confusers(logits, multi), torch.tensor([1, 3, 2]))
+    # the wrapper on a model whose prediction is the label: confuser = runner-up
+    model = tiny().eval()
+    x, _ = batch()
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+    g = SharpenFocus(model, INNER, LAST, head=None)._gradients(x, labels, False)
+    assert torch.equal(g.logits.detach().argmax(1), labels)
+    assert torch.equal(g.confusers, g.logits.detach().topk(2, dim=1).indices[:, 1])
