@@ -56,12 +56,7 @@ def _forked(runtest, nodeid):
                 runtest()
                 payload = pickle.dumps(None)
             except BaseException as exc:  # noqa: BLE001  -- sent to the parent, which raises it
-                try:
-                    payload = pickle.dumps(exc)
-                    pickle.loads(payload)
-                except Exception:  # noqa: BLE001
-                    payload = pickle.dumps(AssertionError("".join(
-                        traceback.format_exception(exc))))
+                payload = pickle.dumps(_portable(exc))
             with os.fdopen(w, "wb") as f:
                 f.write(payload)
             os._exit(0)
@@ -75,7 +70,30 @@ def _forked(runtest, nodeid):
         if not data:
             pytest.fail(f"{nodeid}: the test process exited ({status}) without a result",
                         pytrace=False)
-        exc = pickle.loads(data)
-        if exc is not None:
-            raise exc
+        outcome = pickle.loads(data)
+        if outcome is None:
+            return
+        kind, value = outcome
+        if kind == "skip":
+            pytest.skip(value)
+        if kind == "xfail":
+            pytest.xfail(value)
+        if kind == "fail":
+            pytest.fail(value, pytrace=False)
+        raise value
+
     return run
+
+
+def _portable(exc):
+    """(kind, what) for the parent: pytest's outcomes (skip, xfail, fail) by their message, any
+    other exception itself when it pickles, else an AssertionError with its traceback."""
+    for kind, cls in (("skip", pytest.skip.Exception), ("xfail", pytest.xfail.Exception),
+                      ("fail", pytest.fail.Exception)):
+        if isinstance(exc, cls):
+            return kind, str(exc.msg if hasattr(exc, "msg") else exc)
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return "raise", exc
+    except Exception:  # noqa: BLE001
+        return "raise", AssertionError("".join(traceback.format_exception(exc)))
