@@ -88,9 +88,10 @@ PUBLIC = {
 
 def public(name, args):
     """(the tensors of ``args``, a function of those tensors calling the public op with the
-    options of ``args``): the form ``helpers.check`` takes."""
-    slots = [isinstance(x, torch.Tensor) for x in args]
-    tensors = [x for x in args if isinstance(x, torch.Tensor)]
+    options of ``args``): the form ``helpers.check`` takes. soft_iou's empty "no mask" tensor
+    counts as an option."""
+    slots = [isinstance(x, torch.Tensor) and x.dim() > 1 for x in args]  # not "no mask"
+    tensors = [x for x, t in zip(args, slots) if t]
 
     def call(*ts):
         it = iter(ts)
