@@ -57,10 +57,19 @@ SIZES = {"odd": dict(n=3, k=13, hw=(5, 7), last=(3, 4)),
          "row": dict(n=3, k=5, hw=(1, 9), last=(1, 4)),
          "col": dict(n=3, k=5, hw=(9, 1), last=(4, 1)),
          "eqH": dict(n=2, k=6, hw=(7, 12), last=(7, 5)),
-         "large": dict(n=1, k=8, hw=(56, 56), last=(28, 28)),
+         "large": dict(n=1, k=8, hw=(48, 48), last=(24, 24)),
          "wide": dict(n=1, k=512, hw=(2, 3), last=(1, 2))}
+# the fused loss: fewer samples at 1 x 1, the global-memory path at 56 x 56 / 28 x 28, no K split
+# (its channel loops are the big ops' ones), and one normalize / mask_grad setting per kind
+# (test_sharpen_focus_options walks the others)
+SF_SIZES = dict(SIZES, **{"1x1": dict(n=2, k=4, hw=(3, 3), last=(1, 1)),
+                          "large": dict(n=1, k=8, hw=(56, 56), last=(28, 28))})
+del SF_SIZES["wide"]
 MAP_ONLY = {"normalize_attention", "soft_mask", "soft_iou", "attention_consistency", "ggam_loss"}
 OUT_TOL = {"soft_mask": 1e-4, "sharpen_focus_loss": 1e-4}
+# A last-layer map with one positive pixel (likely at 1 x 4) is scale-invariant after the
+# normalization: its gradient cancels to ~eps from O(1) terms, which float32 resolves to ~1e-7
+GRAD_ATOL = {"sharpen_focus_loss": 1e-7}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -103,7 +112,7 @@ def _params():
     for name in OPS:
         for dt in DTYPES:
             for fmt in (["nchw"] if name in MAP_ONLY else FMTS):
-                for s in SIZES:
+                for s in (SF_SIZES if name == "sharpen_focus_loss" else SIZES):
                     if name == "ggam_loss" and s not in ("odd", "1x1", "wide"):
                         continue  # N x K inputs only
                     out.append(pytest.param(name, dt, fmt, s,
@@ -115,12 +124,13 @@ def _params():
 def test_op_matches_reference(name, dtype, fmt, size):
     """Every case of the op in op_samples.cases, forward and backward, against float64."""
     torch.manual_seed(0)
-    for op, args in cases(dtype, fmt, **SIZES[size]):
-        if op != name:
-            continue
+    for op, args in cases(dtype, fmt, **(SF_SIZES if name == "sharpen_focus_loss" else
+                                         SIZES)[size]):
+        if op != name or (op == "sharpen_focus_loss" and args[10] is False):
+            continue  # (normalize, mask_grad) = (False, False): test_sharpen_focus_options
         tensors, call = public(op, args)
         try:
-            check(call, tensors, B, out_tol=OUT_TOL.get(op))
+            check(call, tensors, B, out_tol=OUT_TOL.get(op), grad_atol=GRAD_ATOL.get(op, 0.0))
         except AssertionError:
             if op == "channel_spatial_attention" and size == "1x1" and dtype != torch.float32:
                 # At a 1 x 1 map T = c / (c + eps) and dS = dT (1 - T) F / (c + eps) is driven
