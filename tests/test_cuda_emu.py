@@ -200,13 +200,17 @@ def test_empty_batch():
 
 # ----------------------------------------------------------------------------- thread order
 THREAD_ORDER_N = 5  # > the grid of per-sample kernels with one multiprocessor (4 blocks)
+# the emulated device: one multiprocessor, and shared memory per block as in the other tests
+# (per-sample kernels keep their buffer in shared memory: one block per sample) or too small
+# for any buffer (the global-memory path: 4 blocks, so a block runs samples 0 and 4 in turn)
+DEVICES = {"smem": {"EMU_SMS": "1", "EMU_SMEM": str(64 * 1024)},
+           "global": {"EMU_SMS": "1", "EMU_SMEM": "2048"}}
 
 
-@pytest.fixture(scope="module")
-def thread_orders():
-    """op -> (status, text) from tests/cuda_emu/thread_order.py in fresh processes with
-    EMU_SMS=1; after a crash the remaining ops run in a new process, the crashed op fails."""
-    env = dict(os.environ, EMU_SMS="1", EMU_SMEM=os.environ.get("EMU_SMEM", str(64 * 1024)),
+def _thread_orders(device):
+    """op -> (status, text) from tests/cuda_emu/thread_order.py in fresh processes; after a
+    crash the remaining ops run in a new process, the crashed op fails."""
+    env = dict(os.environ, **DEVICES[device],
                PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE),
                                            os.environ.get("PYTHONPATH", "")]))
     left, got = list(OPS), {}
@@ -229,11 +233,23 @@ def thread_orders():
     return got
 
 
+@pytest.fixture(scope="module")
+def thread_orders():
+    cache = {}
+
+    def get(device):
+        if device not in cache:
+            cache[device] = _thread_orders(device)
+        return cache[device]
+    return get
+
+
 @pytest.mark.parametrize("name", list(OPS))
-def test_thread_order_independent(name, thread_orders):
+@pytest.mark.parametrize("device", list(DEVICES))
+def test_thread_order_independent(device, name, thread_orders):
     """Outputs and gradients bitwise equal whether the threads of a block run forward, in
-    reverse or shuffled between barriers, with one multiprocessor and N = 5 samples (a block
-    processes several samples): a missing __syncthreads, within a sample or between two, would
-    show here."""
-    status, text = thread_orders[name]
+    reverse or shuffled between barriers, with one multiprocessor and N = 5 samples, buffers in
+    shared or in global memory (where a block processes several samples): a missing
+    __syncthreads, within a sample or between two, would show here."""
+    status, text = thread_orders(device)[name]
     assert status == "ok", f"{name}: {status}: {text}"
