@@ -200,6 +200,7 @@ def test_empty_batch():
 
 # ----------------------------------------------------------------------------- thread order
 THREAD_ORDER_N = 5  # > the grid of per-sample kernels with one multiprocessor (4 blocks)
+THREAD_ORDER_TIMEOUT = 240  # s per process (all ops take ~20 CPU-s): a hang fails its op
 # the emulated device: one multiprocessor, and shared memory per block as in the other tests
 # (per-sample kernels keep their buffer in shared memory: one block per sample) or too small
 # for any buffer (the global-memory path: 4 blocks, so a block runs samples 0 and 4 in turn)
@@ -215,20 +216,26 @@ def _thread_orders(device):
                                            os.environ.get("PYTHONPATH", "")]))
     left, got = list(OPS), {}
     while left:
-        proc = subprocess.run([sys.executable, str(HERE / "cuda_emu" / "thread_order.py"),
-                               str(THREAD_ORDER_N), *left], env=env, capture_output=True,
-                              text=True, timeout=900)
+        try:
+            proc = subprocess.run([sys.executable, str(HERE / "cuda_emu" / "thread_order.py"),
+                                   str(THREAD_ORDER_N), *left], env=env, capture_output=True,
+                                  text=True, timeout=THREAD_ORDER_TIMEOUT)
+            stdout, code, stderr = proc.stdout, proc.returncode, proc.stderr
+        except subprocess.TimeoutExpired as exc:  # a barrier race can spin forever
+            out = exc.stdout or ""
+            stdout = out.decode() if isinstance(out, bytes) else out
+            code, stderr = "timeout", f"no result after {THREAD_ORDER_TIMEOUT} s"
         current = None
-        for line in proc.stdout.splitlines():
+        for line in stdout.splitlines():
             word, _, rest = line.partition(" ")
             if word == "start":
                 current = rest
             elif word in ("ok", "fail"):
                 name = rest.split(":")[0]
                 got[name], current = (word, rest), None
-        if proc.returncode != 0 or current is not None:
+        if code != 0 or current is not None:
             what = current or (left[0] if left else "?")
-            got.setdefault(what, ("crash", f"exit {proc.returncode}: {proc.stderr[-2000:]}"))
+            got.setdefault(what, ("crash", f"exit {code}: {stderr[-2000:]}"))
         left = [n for n in left if n not in got]
     return got
 
