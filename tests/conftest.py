@@ -1,28 +1,17 @@
-"""Shared test machinery: which backends run here, input makers, and the kernel-vs-reference check.
-
-Every compiled backend is compared with the eager reference run in float64 on the same (upcast)
-inputs: forward outputs, then input gradients from the same random upstream gradient.
-
-Without a GPU the Triton kernels run on CPU tensors under the Triton interpreter, which must be
-switched on before Triton is imported: done here. ``ATTNFAST_REQUIRE=cpu,triton`` (set by CI)
-turns a missing backend into a failure instead of a skip.
-"""
+"""Fixtures shared by the tests, and the ``forked`` marker. The helpers themselves (backends,
+input makers, the tolerance rule, the kernel-vs-reference check) are in ``tests/helpers.py``,
+imported first so that ``TRITON_INTERPRET`` is set before Triton is imported."""
 import os
+import pickle
+import sys
+import traceback
 import zlib
 
 import pytest
 import torch
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu":
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import attnfast  # noqa: E402  (after TRITON_INTERPRET)
-
-INTERPRETED = DEVICE == "cpu"
-BACKENDS = ["cuda", "triton"] if DEVICE == "cuda" else ["cpu", "triton"]
-REQUIRED = [b for b in os.environ.get("ATTNFAST_REQUIRE", "").split(",") if b]
-LOW = (torch.float16, torch.bfloat16)
+import helpers  # noqa: F401  (sets TRITON_INTERPRET on CPU machines, before attnfast/triton)
+import attnfast  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -31,151 +20,80 @@ def seeded(request):
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
-def dtypes(backend):
-    """Input dtypes a backend is tested with (the interpreter cannot do half types)."""
-    if backend == "triton" and INTERPRETED:
-        return [torch.float32]
-    if backend in ("cpu", "torch"):
-        return [torch.float64, torch.float32, torch.float16, torch.bfloat16]
-    return [torch.float32, torch.float16, torch.bfloat16]
+@pytest.fixture
+def torch_backend():
+    """Within the test the ops run on the eager ``torch`` backend (tests of wrappers and apps:
+    they check the Python code, not the kernels)."""
+    with attnfast.use_backend("torch"):
+        yield
 
 
-def require(backend):
-    """Skip (saying why) or, when the backend is in ATTNFAST_REQUIRE, fail if it is missing."""
-    if backend in attnfast.available_backends():
+# ------------------------------------------------------------------ forked tests
+def pytest_configure(config):
+    config.addinivalue_line("markers", "forked: run the test body in a forked child process, so "
+                            "that a crash (abort, segfault) fails this test only")
+
+
+def pytest_collection_modifyitems(items):
+    if not hasattr(os, "fork"):
         return
-    from attnfast.backend import BACKENDS
-    msg = f"backend {backend!r} not available here: {BACKENDS[backend].error()}"
-    if backend in REQUIRED:
-        pytest.fail(msg)
-    pytest.skip(msg)
+    for item in items:
+        if item.get_closest_marker("forked") is not None:
+            item.runtest = _forked(item.runtest, item.nodeid)
 
 
-def small(backend):
-    """Interpreted Triton is slow: such tests use only the small shapes."""
-    return backend == "triton" and INTERPRETED
+def _forked(runtest, nodeid):
+    """``runtest`` in a child process: its exception comes back pickled (as text when it cannot
+    be pickled); a child killed by a signal or exiting without a word fails the test, naming
+    the signal, and every later test still runs."""
+    def run():
+        sys.stdout.flush(), sys.stderr.flush()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            os.close(r)
+            try:
+                runtest()
+                payload = pickle.dumps(None)
+            except BaseException as exc:  # noqa: BLE001  -- sent to the parent, which raises it
+                payload = pickle.dumps(_portable(exc))
+            with os.fdopen(w, "wb") as f:
+                f.write(payload)
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            pytest.fail(f"{nodeid}: the test process died of signal {os.WTERMSIG(status)} "
+                        "(abort in a kernel: see its stderr above)", pytrace=False)
+        if not data:
+            pytest.fail(f"{nodeid}: the test process exited ({status}) without a result",
+                        pytrace=False)
+        outcome = pickle.loads(data)
+        if outcome is None:
+            return
+        kind, value = outcome
+        if kind == "skip":
+            pytest.skip(value)
+        if kind == "xfail":
+            pytest.xfail(value)
+        if kind == "fail":
+            pytest.fail(value, pytrace=False)
+        raise value
+
+    return run
 
 
-def cases(shapes, small_shapes, *, all_dtypes=True):
-    """pytest params (backend, dtype, shape): every backend x its dtypes x shapes."""
-    out = []
-    for b in BACKENDS:
-        for dt in (dtypes(b) if all_dtypes else dtypes(b)[:1]):
-            for s in (small_shapes if small(b) else shapes):
-                out.append(pytest.param(b, dt, s, id=f"{b}-{str(dt)[6:]}-{_sid(s)}"))
-    return out
-
-
-def _sid(s):
-    return "x".join(map(str, s)) if isinstance(s, tuple) and all(isinstance(v, int) for v in s) \
-        else str(s).replace(" ", "")
-
-
-def big(shape, dtype, fmt="nchw", scale=1.0):
-    """Random N x K x H x W tensor in a memory format: 'nchw', 'channels_last', or 'strided'
-    (a non-contiguous view that is neither)."""
-    if fmt == "strided":
-        n, k, h, w = shape
-        return (torch.randn(n, k, w, 2 * h, device=DEVICE) * scale).to(dtype).transpose(2, 3)[:, :, ::2]
-    t = (torch.randn(shape, device=DEVICE) * scale).to(dtype)
-    return t.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else t
-
-
-def leaf(t):
-    return t.detach().requires_grad_(True)
-
-
-def _tol(dtype):
-    return {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3,
-            torch.bfloat16: 1.6e-2}[dtype]
-
-
-def close(actual, expected, name, tol, slack=0.0):
-    """Element by element |a - e| <= tol * |e| + slack (never scaled by the tensor's largest
-    element: a tensor mixing 1/eps and O(1) values would hide every O(1) error); prints the
-    worst mismatches.
-
-    ``slack`` is 16x of the float32 reference's own error against float64, so values that
-    cancel (1 - eps/u at 1 x 1 maps, say) are judged against what float32 can do at all.
-    """
-    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
-    assert not torch.isnan(a).any() or torch.isnan(e).any(), f"{name}: NaN in result"
-    scale = e[torch.isfinite(e)].abs().max().item() if torch.isfinite(e).any() else 0.0
-    ok = ((a - e).abs() <= tol * e.abs() + slack + 1e-12) | (a == e)
-    bad = ~ok & ~(torch.isnan(a) & torch.isnan(e))
-    if bad.any():
-        idx = bad.nonzero()[:6]
-        rows = "\n".join(f"  at {tuple(i.tolist())}: got {a[tuple(i)].item():.8g}, "
-                         f"expected {e[tuple(i)].item():.8g}" for i in idx)
-        raise AssertionError(f"{name}: {int(bad.sum())} of {bad.numel()} elements differ "
-                             f"(tol {tol:g} relative, max|expected| = {scale:.4g}, "
-                             f"slack {slack:.3g}):\n{rows}")
-
-
-def _slack(native, exact):
-    """16x the largest error of the reference run at the inputs' own precision."""
-    if native is None or native.numel() == 0:
-        return 0.0
-    d = (native.detach().double() - exact.detach().double()).abs()
-    return 16.0 * float(d[torch.isfinite(d)].max()) if torch.isfinite(d).any() else 0.0
-
-
-def kink_free(make, pre, tries=50):
-    """Draw inputs with ``make()`` until no pre-activation ``pre(*float64 inputs)`` lies within
-    1e-6 of its std of a ReLU kink: there float32 and float64 rounding may legitimately pick
-    different sides (the exact-kink rule ReLU'(0) = 0 is tested with exact zeros elsewhere)."""
-    for _ in range(tries):
-        xs = make()
-        z = pre(*(x.double() for x in xs))
-        if z.numel() < 2 or (z.abs() > 1e-6 * z.std()).all():
-            return xs
-    raise RuntimeError("could not draw kink-free inputs")
-
-
-def check(fn, inputs, backend, *, grad=True, out_tol=None):
-    """Run ``fn(*inputs)`` on ``backend``, on the reference at the inputs' precision and on the
-    float64 reference; compare outputs and the gradients of every floating input for the same
-    random upstream gradient. Returns the backend outputs (a tuple) for further checks.
-    """
-    require(backend)
-    runs = {}
-    for key, be, cast in (("kernel", backend, None), ("native", "torch", None),
-                          ("exact", "torch", torch.float64)):
-        xs = [leaf(x.to(cast) if cast else x) if grad and x.is_floating_point() else x
-              for x in inputs]
-        with attnfast.use_backend(be):
-            runs[key] = xs, _tuple(fn(*xs))
-    (xs, outs), (ns, nat), (rs, refs) = runs["kernel"], runs["native"], runs["exact"]
-    for i, (o, n, r) in enumerate(zip(outs, nat, refs)):
-        close(o, r, f"output {i}", out_tol or _tol(o.dtype), _slack(n, r))
-    if not grad:
-        return outs
-    ups = [torch.randn(o.shape, device=o.device).to(o.dtype) for o in outs]
-    for (ins, res), cast in ((runs["kernel"], None), (runs["native"], None),
-                             (runs["exact"], torch.float64)):
-        pairs = [(o, u.to(cast) if cast else u) for o, u in zip(res, ups) if o.requires_grad]
-        assert pairs, "no differentiable output"
-        torch.autograd.backward(*zip(*pairs))
-    for j, (x, n, rx) in enumerate(zip(xs, ns, rs)):
-        if not isinstance(x, torch.Tensor) or not x.requires_grad:
-            continue
-        assert x.grad is not None, f"input {j}: no gradient"
-        assert x.grad.dtype == x.dtype, f"input {j}: grad dtype {x.grad.dtype} != {x.dtype}"
-        exact = rx.grad.to(x.dtype)  # the best representable answer (inf past the dtype's range)
-        close(x.grad, exact, f"grad of input {j}", _tol(x.dtype), _slack(n.grad, rx.grad))
-    return outs
-
-
-def _tuple(x):
-    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
-
-
-def pre_activation(kind, f, g):
-    """The map of ``kind`` before its ReLU, N x H x W (g may be N x K per channel)."""
-    if g.dim() == 2:
-        g = g[:, :, None, None].expand_as(f)
-    if kind == "pixel":
-        return (f * g).mean(1)
-    w = (torch.relu(g) if kind == "channel" else g).mean((2, 3))
-    return torch.einsum("nkhw,nk->nhw", f, w)
+def _portable(exc):
+    """(kind, what) for the parent: pytest's outcomes (skip, xfail, fail) by their message, any
+    other exception itself when it pickles, else an AssertionError with its traceback."""
+    for kind, cls in (("skip", pytest.skip.Exception), ("xfail", pytest.xfail.Exception),
+                      ("fail", pytest.fail.Exception)):
+        if isinstance(exc, cls):
+            return kind, str(exc.msg if hasattr(exc, "msg") else exc)
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return "raise", exc
+    except Exception:  # noqa: BLE001
+        return "raise", AssertionError("".join(traceback.format_exception(exc)))

@@ -12,27 +12,17 @@ import torch.nn.functional as nnf
 
 import attnfast
 from attnfast.cam import CAM, CAM_KINDS, save_overlay
-from attnfast.train import models
+from helpers import cam_images, cam_model, require
 
-from conftest import require
-
-N, CLASSES, SIZE = 3, 10, 16
+N, CLASSES, SIZE = 3, 10, (16, 24)  # non-square: an H/W mix-up cannot pass
 
 
 def _model(seed=0):
-    """CIFAR ResNet-8 (stages layer1..layer3, 16 x 16 -> 16/8/4), eval mode, running statistics
-    made non-trivial so that BatchNorm is not the identity."""
-    torch.manual_seed(seed)
-    m = models.create("resnet8", num_classes=CLASSES)
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
-    return m.eval()
+    return cam_model(CLASSES, seed)
 
 
 def _images(seed=1, n=N):
-    return torch.rand(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+    return cam_images(SIZE, seed, n)
 
 
 def _features_and_grads(model, layer, images, classes):
@@ -76,7 +66,7 @@ def test_gradcam_equals_captum_layer_gradcam(layer):
         ref = lgc.attribute(x, target=out.classes[:, t], relu_attributions=True)[:, 0]
         torch.testing.assert_close(out.maps[:, t], ref, atol=1e-6, rtol=1e-4)
         # resized to the input (Captum's interpolate, bilinear) and divided by the max + 1e-6
-        up = captum_attr.LayerAttribution.interpolate(ref[:, None], (SIZE, SIZE), "bilinear")
+        up = captum_attr.LayerAttribution.interpolate(ref[:, None], SIZE, "bilinear")
         up = up[:, 0] / (up.amax((1, 2, 3) if up.dim() == 4 else (1, 2))[:, None, None] + 1e-6)
         torch.testing.assert_close(full.maps[:, t], up, atol=1e-5, rtol=1e-4)
 
@@ -138,6 +128,45 @@ def test_pinned_values(head):
     torch.testing.assert_close(out.maps[0, 1], c1 / (1.25 + 1e-6))
 
 
+class _Flat(nn.Module):
+    """x (N x 2 x 1 x 2) -> body (1x1 conv, weight I) -> flatten -> fc (W, 2 x 4, no bias):
+    dY^c/dF[k, p] = W[c, 2k + p] differs from pixel to pixel, so Grad-CAM and HiResCAM differ."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(2, 2, 1, bias=False)
+        self.fc = nn.Linear(4, 2, bias=False)
+        with torch.no_grad():
+            self.body.weight.copy_(torch.eye(2)[:, :, None, None])
+            self.fc.weight.copy_(torch.tensor([[1.0, -1.0, 0.5, 0.5], [0.0, 1.0, 1.0, 0.0]]))
+
+    def forward(self, x):
+        return self.fc(self.body(x).flatten(1))
+
+
+X_ROW = torch.tensor([[[[1.0, 2.0]], [[2.0, 1.0]]]])   # F: channel 0 [1, 2], channel 1 [2, 1]
+
+
+def test_gradcam_and_hirescam_pinned_and_resized_without_aligned_corners():
+    """Class 0, G = W[0] = [[1, -1], [0.5, 0.5]]: Grad-CAM w = mean_p G = (0, 1/2), map
+    ReLU(0 F0 + F1 / 2) = [1, 1/2]; HiResCAM ReLU(G0 F0 + G1 F1) = ReLU([1 + 1, -2 + 1/2]) =
+    [2, 0]. Resized 1 x 2 -> 1 x 4 bilinearly with align_corners=False (source x of output j is
+    j / 2 - 1/4, clamped): weights [1, 0], [3/4, 1/4], [1/4, 3/4], [0, 1] (align_corners=True
+    would give thirds)."""
+    model = _Flat()
+    raw = dict(head=None, normalize=False)
+    got = {k: CAM(model, "body", k, size=None, **raw)(X_ROW, 0).maps[0, 0]
+           for k in ("gradcam", "hirescam")}
+    torch.testing.assert_close(got["gradcam"], torch.tensor([[1.0, 0.5]]), rtol=0, atol=1e-7)
+    torch.testing.assert_close(got["hirescam"], torch.tensor([[2.0, 0.0]]), rtol=0, atol=1e-7)
+    up = {k: CAM(model, "body", k, size=(1, 4), **raw)(X_ROW, 0).maps[0, 0]
+          for k in ("gradcam", "hirescam")}
+    torch.testing.assert_close(up["gradcam"], torch.tensor([[1.0, 0.875, 0.625, 0.5]]),
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(up["hirescam"], torch.tensor([[2.0, 1.5, 0.5, 0.0]]),
+                               rtol=0, atol=1e-6)
+
+
 def test_all_zero_map_stays_zero():
     model = _Tiny()
     x = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]]])
@@ -151,7 +180,7 @@ def test_topk_targets():
     model, x = _model(), _images()
     cam = CAM(model, ["layer2", "layer3"], "gradcam")
     out = cam(x, topk=5)
-    assert out.maps.shape == (N, 5, SIZE, SIZE) and out.classes.shape == (N, 5)
+    assert out.maps.shape == (N, 5, *SIZE) and out.classes.shape == (N, 5)
     assert torch.equal(out.classes, model(x).topk(5, 1).indices)
     torch.testing.assert_close(out.logits, model(x).detach())
     again = cam(x, out.classes)
@@ -212,7 +241,7 @@ def test_backward_calls_per_batch(layers, batch_classes, expected):
     for _ in range(2):
         counted.calls = 0
         out = cam(_images(), topk=5)
-        assert out.maps.shape == (N, 5, SIZE, SIZE)
+        assert out.maps.shape == (N, 5, *SIZE)
         assert counted.calls == expected and cam.grad_calls == expected
     assert cam.vmap_error is None
 
@@ -270,7 +299,7 @@ def test_create_graph_gives_gradients(layer):
     model, x = _model(), _images().requires_grad_(True)
     out = CAM(model, layer, "gradcam", create_graph=True)(x, topk=2)
     assert out.maps.requires_grad
-    loss = (out.maps * torch.linspace(0, 1, SIZE)).sum()
+    loss = (out.maps * torch.linspace(0, 1, SIZE[1])).sum()
     gx, gw = torch.autograd.grad(loss, (x, model.fc.weight))
     assert torch.isfinite(gx).all() and gx.abs().sum() > 0
     assert torch.isfinite(gw).all() and gw.abs().sum() > 0
@@ -282,7 +311,7 @@ def test_create_graph_gives_gradients(layer):
     v = torch.randn_like(x64)
 
     def value(inp):
-        return (cam64(inp, classes).maps * torch.linspace(0, 1, SIZE, dtype=torch.float64)).sum()
+        return (cam64(inp, classes).maps * torch.linspace(0, 1, SIZE[1], dtype=torch.float64)).sum()
     g, = torch.autograd.grad(value(x64), x64)
     h = 1e-6
     fd = ((value(x64.detach() + h * v) - value(x64.detach() - h * v)) / (2 * h)).detach()

@@ -21,7 +21,17 @@ except Exception as exc:  # noqa: BLE001  -- ImportError, or torchvision failing
                 allow_module_level=True)
 
 from attnfast.cam import CAM
-from test_cam import SIZE, _images, _model
+from helpers import cam_images, cam_model
+
+SIZE = (16, 24)  # non-square: an H/W mix-up cannot pass
+
+
+def _model():
+    return cam_model(10)
+
+
+def _images():
+    return cam_images(SIZE)
 
 
 def _minmax(a):
@@ -38,7 +48,7 @@ def test_gradcam_equals_grad_cam_package(layer):
         for t in range(3):
             got = torch.from_numpy(theirs(x, [ClassifierOutputTarget(int(c))
                                               for c in ours.classes[:, t]]))
-            up = nnf.interpolate(ours.maps[:, t][:, None], size=(SIZE, SIZE), mode="bilinear",
+            up = nnf.interpolate(ours.maps[:, t][:, None], size=SIZE, mode="bilinear",
                                  align_corners=False)[:, 0]
             expect = _minmax(_minmax(up))
             torch.testing.assert_close(got, expect, atol=1e-4, rtol=1e-4)

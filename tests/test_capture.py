@@ -14,28 +14,21 @@ import torch.nn.functional as nnf
 
 import attnfast
 from attnfast import GGAM, SharpenFocus, reference
-from attnfast.train import models
-from test_wrappers import forward_with  # logits and named layers' outputs by the test's hooks
+from helpers import forward_with, image_batch, tiny_resnet
 
-N, C, SIZE = 6, 5, 12
+N, C, SIZE = 6, 5, (12, 16)  # non-square images: an H/W mix-up cannot pass
 INNER, LAST = "layer2", "layer3"  # resnet8: BatchNorm layers in layer3 come after INNER
 
 
-@pytest.fixture(autouse=True)
-def torch_backend():
-    with attnfast.use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_backend")  # conftest
 
 
 def tiny(seed=0):
-    torch.manual_seed(seed)
-    return models.create("resnet8", C, in_channels=3).double()
+    return tiny_resnet(C, seed=seed)
 
 
 def batch(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(N, 3, SIZE, SIZE, generator=g, dtype=torch.float64),
-            torch.randint(0, C, (N,), generator=g))
+    return image_batch(N, SIZE, C, seed=seed)
 
 
 def norms(model):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import attnfast
-from conftest import DEVICE, big, cases, check, kink_free, pre_activation
+from helpers import DEVICE, big, cases, check, kink_free, pre_activation
 from shapes import BIG, BIG_SMALL, FORMATS
 
 

@@ -24,10 +24,7 @@ TINY = ["--data", "synthetic", "--train-size", "32", "--test-size", "16", "--ima
 STEPS = 2  # 32 images / batch 16
 
 
-@pytest.fixture(autouse=True)
-def torch_backend():
-    with attnfast.use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_backend")  # conftest
 
 
 @pytest.fixture(scope="module")

@@ -3,27 +3,14 @@ import pytest
 import torch
 
 import attnfast
-from conftest import BACKENDS, DEVICE, require
+from helpers import BACKENDS, DEVICE, require
+from op_samples import call_every_op
 
 B = BACKENDS + ["torch"]
 
 
-def _all_ops(n, k=3, h=4, w=5, dtype=torch.float32, fill=None):
-    """Call every op once on inputs with batch n; return all outputs and the inputs."""
-    def mk(*s):
-        t = torch.randn(*s, device=DEVICE, dtype=dtype)
-        return (t if fill is None else t.fill_(fill)).requires_grad_()
-    f, g, g2 = mk(n, k, h, w), mk(n, k, h, w), mk(n, k, h, w)
-    fl, gl, gl2 = mk(n, k + 1, 2, 3), mk(n, k + 1, 2, 3), mk(n, k + 1)
-    a, b = torch.relu(mk(n, h, w)), torch.relu(mk(n, h, w))
-    s, beta = mk(n, k), mk(n, k)
-    outs = [attnfast.channel_weights(g), attnfast.weighted_attention(f, s),
-            attnfast.channel_attention(f, g), attnfast.pixel_attention(f, g),
-            attnfast.normalize_attention(a), attnfast.soft_mask(a, size=(7, 3)),
-            attnfast.soft_iou(a, b, attnfast.soft_mask(b)), attnfast.attention_consistency(a, b),
-            *attnfast.sharpen_focus_loss(f, g, g2, fl, gl, gl2, reduction="none"),
-            *attnfast.channel_spatial_attention(f, s), attnfast.ggam_loss(s, beta)]
-    return outs, [f, g, g2, fl, gl, gl2, s, beta]
+def _all_ops(n, dtype=torch.float32, fill=None):
+    return call_every_op(n, dtype, fill, device=DEVICE)
 
 
 @pytest.mark.parametrize("backend", B)

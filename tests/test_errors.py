@@ -65,7 +65,7 @@ def test_use_backend_restores_on_error():
 
 
 def test_float64_only_where_a_backend_takes_it():
-    from conftest import require
+    from helpers import require
     require("triton")
     with attnfast.use_backend("triton"), pytest.raises(
             TypeError, match="float64 is accepted on the 'cpu' and 'torch' backends only"):

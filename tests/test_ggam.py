@@ -6,7 +6,7 @@ import torch
 import attnfast
 from attnfast import reference
 from attnfast.ggam import ChannelSpatialAttention, guide_logits
-from conftest import BACKENDS, DEVICE, big, cases, check, require
+from helpers import BACKENDS, DEVICE, big, cases, check, require
 from shapes import BIG, BIG_SMALL, FORMATS
 
 

@@ -8,7 +8,7 @@ import torch
 
 import attnfast
 from attnfast import reference
-from conftest import BACKENDS, DEVICE, big, cases, check, kink_free, require
+from helpers import BACKENDS, DEVICE, big, cases, check, kink_free, require
 
 EPS = 1e-6
 KINDS = ("gradcam", "ixg", "pixel", "channel")

@@ -7,29 +7,23 @@ import pytest
 import torch
 
 import attnfast
-from conftest import BACKENDS, DEVICE, require
+from attnfast._schema import OPS
+from helpers import BACKENDS, DEVICE, require
+from op_samples import PUBLIC, cases
 
 B = BACKENDS + ["torch"]
 
 
-def _ops_on(f, g, a, size=None):
-    """Every public op on features/grads f, g (N x K x H x W) and map a (N x H x W)."""
-    n, k = f.shape[:2]
-    s = torch.rand(n, k, device=f.device)
-    last = torch.rand(n, k, 2, 2, device=f.device)
-    return {
-        "channel_weights": lambda: attnfast.channel_weights(g),
-        "weighted_attention": lambda: attnfast.weighted_attention(f, s),
-        "channel_attention": lambda: attnfast.channel_attention(f, g),
-        "pixel_attention": lambda: attnfast.pixel_attention(f, g),
-        "normalize_attention": lambda: attnfast.normalize_attention(a),
-        "soft_mask": lambda: attnfast.soft_mask(a, size=size),
-        "soft_iou": lambda: attnfast.soft_iou(a, a),
-        "attention_consistency": lambda: attnfast.attention_consistency(a, a),
-        "sharpen_focus_loss inner": lambda: attnfast.sharpen_focus_loss(f, g, g, last, last, last),
-        "sharpen_focus_loss last": lambda: attnfast.sharpen_focus_loss(last, last, last, f, g, g),
-        "channel_spatial_attention": lambda: attnfast.channel_spatial_attention(f, s),
-    }
+def _empty_map_calls(hw):
+    """(op name, public call) for every case of tests/op_samples.py whose inner (then last)
+    maps are ``hw``, where some input map is empty."""
+    out = []
+    for where in ("hw", "last"):
+        for name, args in cases(n=2, device=DEVICE, **{where: hw}):
+            if any(isinstance(x, torch.Tensor) and x.dim() >= 3 and 0 in x.shape[-2:]
+                   for x in args):
+                out.append((f"{name} ({where})", lambda name=name, args=args: PUBLIC[name](*args)))
+    return out
 
 
 EMPTY = [(0, 5), (5, 0), (0, 0)]
@@ -42,10 +36,10 @@ def test_empty_maps_are_refused(backend, hw):
     backend used to return uninitialized memory, the cpu one made-up values, torch an
     IndexError)."""
     require(backend)
-    f = torch.rand(2, 3, *hw, device=DEVICE)
-    a = torch.rand(2, *hw, device=DEVICE)
+    calls = _empty_map_calls(hw)
+    assert {n.split()[0] for n, _ in calls} == set(OPS) - {"ggam_loss"}  # every op with a map
     with attnfast.use_backend(backend):
-        for name, call in _ops_on(f, f, a).items():
+        for name, call in calls:
             with pytest.raises(ValueError, match=r"empty H x W map"):
                 call()
                 pytest.fail(f"{name} accepted an empty map")

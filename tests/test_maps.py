@@ -4,10 +4,9 @@ import pytest
 import torch
 
 import attnfast
-from conftest import DEVICE, BACKENDS, cases, check, require
+from helpers import DEVICE, BACKENDS, cases, check, require
+from shapes import MAPS, MAPS_SMALL
 
-MAPS = [(1, 1, 1), (5, 7, 7), (5, 13, 17), (64, 56, 56)]
-MAPS_SMALL = [(1, 1, 1), (2, 5, 7)]
 
 
 def amap(shape, dtype):

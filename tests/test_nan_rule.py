@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import attnfast
-from conftest import BACKENDS, DEVICE, INTERPRETED, require
+from helpers import BACKENDS, DEVICE, INTERPRETED, require
 
 NAN, INF = float("nan"), float("inf")
 N, K, H, W = 2, 3, 4, 5

@@ -13,7 +13,7 @@ import torch
 
 import attnfast
 from attnfast import reference
-from conftest import BACKENDS, DEVICE, require
+from helpers import BACKENDS, DEVICE, require
 
 E = 1e-6  # docs/SPEC.md Notation: eps defaults to 1e-6 in every op
 

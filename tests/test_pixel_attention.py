@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import attnfast
-from conftest import big, cases, check, kink_free, pre_activation
+from helpers import big, cases, check, kink_free, pre_activation
 from shapes import BIG, BIG_SMALL, FORMATS
 
 
@@ -19,7 +19,7 @@ def test_pixel_attention(backend, dtype, shape, fmt):
 @pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
 def test_gradients_keep_layout(backend):
     """Big-tensor gradients come back in the input's memory format (no hidden copy to NCHW)."""
-    from conftest import BACKENDS, require
+    from helpers import BACKENDS, require
     if backend not in BACKENDS:
         pytest.skip(f"{backend} is not tested on this device")
     require(backend)

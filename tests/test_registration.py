@@ -10,7 +10,8 @@ import attnfast
 from attnfast import _compat
 from attnfast._schema import OPS, SCHEMAS
 from attnfast.backend import namespace
-from conftest import BACKENDS, DEVICE, big, require
+from helpers import BACKENDS, DEVICE, big, require
+from op_samples import check_backward_contract, sample
 
 NAMESPACES = {"cpu": "attnfast", "cuda": "attnfast", "triton": "attnfast_triton"}
 
@@ -80,25 +81,11 @@ def test_compat_shims():
 
 
 def _samples():
-    f, g, g2 = (torch.randn(2, 3, 4, 5, device=DEVICE) for _ in range(3))
-    fl, gl = torch.randn(2, 4, 2, 3, device=DEVICE), torch.randn(2, 4, 2, 3, device=DEVICE)
-    a, b, m = (torch.rand(2, 4, 5, device=DEVICE) for _ in range(3))
-    w, s = torch.randn(2, 3, device=DEVICE), torch.rand(2, 3, device=DEVICE)
-    return {
-        "channel_weights": (g, True), "weighted_attention": (f, w), "pixel_attention": (f, g),
-        "normalize_attention": (a, 1e-6), "soft_mask": (a, 0.55, 100.0, 7, 3, 1e-6),
-        "soft_iou": (a, b, m, 1e-6), "attention_consistency": (a, m, 1.0, 1e-6),
-        "sharpen_focus_loss": (f, g, g2, fl, gl, torch.randn(2, 4, device=DEVICE), 1, 0.55,
-                               100.0, 1.0, True, True, 1e-6),
-        "channel_spatial_attention": (f.abs(), s, 1e-6), "ggam_loss": (s, w, 1e-6),
-        "guidance_loss": (f, torch.randn(3, 3, 4, 5, device=DEVICE),
-                          torch.tensor([[[0., 0, 4, 4]], [[2, 1, 8, 3]], [[0, 0, 0, 0]]], device=DEVICE),
-                          torch.tensor([1, 0, 1], device=DEVICE), torch.empty(0, device=DEVICE), 2, 0,
-                          8.0, 10.0, 1e-6),
-    }
+    """op name -> forward arguments (tests/op_samples.py, the one source)."""
+    return {name: sample(name, device=DEVICE) for name in OPS}
 
 
-@pytest.mark.parametrize("name", list(_samples()))
+@pytest.mark.parametrize("name", list(OPS))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck(backend, name):
     require(backend)
@@ -115,47 +102,14 @@ def test_opcheck(backend, name):
     torch.library.opcheck(op, args, test_utils=utils)
 
 
-def _channels_last(x):
-    return x.contiguous(memory_format=torch.channels_last) if torch.is_tensor(x) and \
-        x.dim() == 4 else x
-
-
 @pytest.mark.parametrize("fmt", ["nchw", "channels_last"])
-@pytest.mark.parametrize("name", list(_samples()))
+@pytest.mark.parametrize("name", list(OPS))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backward_contract(backend, name, fmt):
-    """``<op>_backward(*grads, *tensor inputs, *saved outputs, *options)`` of every backend gives
-    what the eager backend's gives (autograd of the reference): one gradient per tensor input,
-    in its dtype, shape and memory layout."""
+    """``<op>_backward`` of every backend gives what the eager backend's gives
+    (op_samples.check_backward_contract)."""
     require(backend)
-    torch.manual_seed(0)
-    op = OPS[name]
-    args = _samples()[name]
-    if fmt == "channels_last":
-        args = tuple(_channels_last(x) for x in args)
-    n_in = len(op.tensor_inputs)
-    ins, options = args[:n_in], args[n_in:]
-    results = {}
-    for be in (backend, "torch"):
-        ns = namespace(be)
-        outs = getattr(ns, name)(*args)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        if be == backend:
-            grads = tuple(_channels_last(torch.randn_like(o)) if o.dim() == 4 else
-                          torch.randn_like(o) for o in outs[:len(op.visible)])
-        saved = [outs[i] for i in op.saved_index]
-        got = getattr(ns, f"{name}_backward")(*grads, *ins, *saved, *options)
-        results[be] = got if isinstance(got, tuple) else (got,)
-    diff = [(n, x) for n, x in zip(op.tensor_inputs, ins) if n in op.differentiable]
-    assert len(results[backend]) == len(diff)
-    for (g, want, (input_name, x)) in zip(results[backend], results["torch"], diff):
-        where = f"{backend} {name}_backward: gradient of {input_name}"
-        assert g.dtype == x.dtype and g.shape == x.shape, where
-        assert want.dtype == x.dtype and want.shape == x.shape, where + " (torch backend)"
-        if x.dim() == 4:
-            assert g.stride() == x.stride(), where + ": layout not kept"
-            assert want.stride() == x.stride(), where + ": layout not kept (torch backend)"
-        torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-5, msg=lambda m: f"{where}: {m}")
+    check_backward_contract(backend, name, fmt, device=DEVICE)
 
 
 def test_torch_backend_is_autograd_of_the_reference():

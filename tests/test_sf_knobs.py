@@ -10,26 +10,20 @@ import torch.nn.functional as nnf
 
 import attnfast
 from attnfast import SharpenFocus
-from attnfast.train import models
+from helpers import image_batch, tiny_resnet
 
-N, C, SIZE = 6, 5, 16
+N, C, SIZE = 6, 5, (16, 12)  # non-square images: an H/W mix-up cannot pass
 
 
-@pytest.fixture(autouse=True)
-def torch_backend():
-    with attnfast.use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_backend")  # conftest
 
 
 def tiny(seed=0):
-    torch.manual_seed(seed)
-    return models.create("resnet8", C, in_channels=3).double().eval()
+    return tiny_resnet(C, seed=seed, eval_mode=True)
 
 
 def batch(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(N, 3, SIZE, SIZE, generator=g, dtype=torch.float64),
-            torch.randint(0, C, (N,), generator=g))
+    return image_batch(N, SIZE, C, seed=seed)
 
 
 def grads_of(loss, model):
@@ -131,7 +125,7 @@ def test_measure_returns_the_step_and_the_maps_of_one_pass():
                                            "last_confuser"}
     for k in maps:
         assert torch.equal(maps[k], again[k]) and not maps[k].requires_grad
-    assert maps["inner_target"].shape == (N, 8, 8) and maps["last_target"].shape == (N, 4, 4)
+    assert maps["inner_target"].shape == (N, 8, 6) and maps["last_target"].shape == (N, 4, 3)
 
 
 @pytest.mark.parametrize("kw,match", [(dict(part_weights=(1, 1)), "three non-negative"),
@@ -140,3 +134,30 @@ def test_measure_returns_the_step_and_the_maps_of_one_pass():
 def test_bad_knobs_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         SharpenFocus(tiny(), "layer2", "layer3", **kw)
+
+
+@pytest.mark.parametrize("mask", ["normalized", "raw"])
+def test_mask_grad_false_stops_the_gradient_through_the_mask(mask):
+    """Decision 2 by its contract: the inner soft-IoU and the consistency see the last layer
+    only through the mask, so with mask_grad=False their gradient with respect to the last
+    target map is exactly zero (and with mask_grad=True it is not), for both mask forms."""
+    from attnfast.sharpen_focus import _raw_mask_parts
+    g = torch.Generator().manual_seed(5)
+    maps = {k: torch.rand(3, *hw, generator=g, dtype=torch.float64).requires_grad_()
+            for k, hw in (("inner_target", (6, 4)), ("inner_confuser", (6, 4)),
+                          ("last_target", (3, 2)), ("last_confuser", (3, 2)))}
+    opts = dict(attention="pixel", sigma=0.55, omega=10.0, alpha=1.0, normalize=True)
+    for mask_grad in (False, True):
+        if mask == "raw":
+            parts = _raw_mask_parts(maps, mask_grad=mask_grad, **opts)
+        else:
+            from attnfast.reference import sharpen_focus_from_maps
+            inner, last, cons = sharpen_focus_from_maps(
+                *(maps[k] for k in ("inner_target", "inner_confuser", "last_target",
+                                    "last_confuser")),
+                sigma=0.55, omega=10.0, alpha=1.0, normalize=True, mask_grad=mask_grad)
+            parts = attnfast.SharpenFocusOutput(None, inner, last, cons)
+        (d,) = torch.autograd.grad((parts.inner_iou + parts.consistency).sum(),
+                                   maps["last_target"], allow_unused=True)
+        through_mask = torch.zeros(3, 3, 2, dtype=torch.float64) if d is None else d
+        assert (through_mask == 0).all() != mask_grad, f"mask_grad={mask_grad}, mask={mask}"

@@ -7,7 +7,8 @@ import attnfast
 from attnfast._schema import ATTENTION_KINDS, KIND_CODES, OPS
 from attnfast.backend import namespace
 from attnfast.reference import EPS
-from conftest import BACKENDS, DEVICE, big, check, dtypes, kink_free, pre_activation, require, small
+from helpers import BACKENDS, DEVICE, big, check, dtypes, kink_free, pre_activation, require, small
+from op_samples import check_mask_grad_contract, check_per_channel_equals_broadcast, sf_inputs
 from shapes import PAIRS, PAIRS_SMALL
 
 KINDS = list(ATTENTION_KINDS)
@@ -23,24 +24,10 @@ def _cases():
     return out
 
 
-def _inputs(dtype, n, ki, kl, inner_hw, last_hw, fmt="nchw", per_channel=False, kind="pixel"):
-    """Random (F, Gt, Gc) of an inner and a last layer, no map pre-activation near a kink."""
-    def make():
-        fi, fl = big((n, ki, *inner_hw), dtype, fmt), big((n, kl, *last_hw), dtype, fmt)
-        last_g = (lambda: torch.randn(n, kl, device=DEVICE) / 10) if per_channel else \
-            (lambda: big((n, kl, *last_hw), dtype, fmt))
-        return [fi, big(fi.shape, dtype, fmt), big(fi.shape, dtype, fmt), fl, last_g(), last_g()]
-
-    def pre(fi, gt, gc, fl, lt, lc):
-        return torch.cat([pre_activation(kind, f, g).flatten()
-                          for f, g in ((fi, gt), (fi, gc), (fl, lt), (fl, lc))])
-    return kink_free(make, pre)
-
-
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("backend,dtype,n,ki,kl,pair", _cases())
 def test_sharpen_focus_loss(backend, dtype, n, ki, kl, pair, kind):
-    xs = _inputs(dtype, n, ki, kl, *pair, kind=kind)
+    xs = sf_inputs(dtype, n, ki, kl, *pair, kind=kind)
     out = check(lambda *t: attnfast.sharpen_focus_loss(*t, attention=kind), xs, backend, out_tol=1e-4)
     loss, inner, last, cons = out
     torch.testing.assert_close(loss, (inner + last + cons).mean())
@@ -54,7 +41,7 @@ def test_sharpen_focus_loss(backend, dtype, n, ki, kl, pair, kind):
 def test_options(backend, kind, per_channel, mask_grad, normalize):
     dt, n, ki, kl, pair = ((torch.float32, 2, 5, 3, PAIRS_SMALL[1]) if small(backend)
                            else (dtypes(backend)[1], 4, 16, 24, PAIRS[1]))
-    xs = _inputs(dt, n, ki, kl, *pair, fmt="channels_last", per_channel=per_channel, kind=kind)
+    xs = sf_inputs(dt, n, ki, kl, *pair, fmt="channels_last", per_channel=per_channel, kind=kind)
     check(lambda *t: attnfast.sharpen_focus_loss(*t, attention=kind, mask_grad=mask_grad,
                                                  normalize=normalize, reduction="sum",
                                                  sigma=0.4, omega=30.0, alpha=0.5),
@@ -64,38 +51,18 @@ def test_options(backend, kind, per_channel, mask_grad, normalize):
 @pytest.mark.parametrize("backend", BACKENDS + ["torch"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_per_channel_grads_equal_broadcast(backend, kind):
-    """N x K last-layer grads are exactly a gradient that is the same at every pixel."""
     require(backend)
-    n, ki, kl, (hi, wi), (hl, wl) = 3, 4, 6, *PAIRS_SMALL[0]
-    xs = _inputs(torch.float32, n, ki, kl, (hi, wi), (hl, wl), per_channel=True)
-    g_t, g_c = (x.detach().requires_grad_() for x in xs[4:])
-    e_t, e_c = (g[:, :, None, None].expand(-1, -1, hl, wl) for g in (g_t, g_c))
-    with attnfast.use_backend(backend):
-        a = attnfast.sharpen_focus_loss(*xs[:4], g_t, g_c, attention=kind, reduction="sum")
-        b = attnfast.sharpen_focus_loss(*xs[:4], e_t, e_c, attention=kind, reduction="sum")
-    torch.testing.assert_close(a.loss, b.loss)
-    ga = torch.autograd.grad(a.loss, (g_t, g_c))
-    gb = torch.autograd.grad(b.loss, (g_t, g_c))
-    for x, y in zip(ga, gb):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    check_per_channel_equals_broadcast(backend, kind)
 
 
 @pytest.mark.parametrize("backend", BACKENDS + ["torch"])
-def test_mask_grad_changes_last_target_gradient_only(backend):
+def test_mask_grad_contract(backend):
     require(backend)
-    xs = [x.requires_grad_() for x in _inputs(torch.float32, 2, 4, 6, *PAIRS_SMALL[0])]
-    grads = {}
-    for mg in (False, True):
-        with attnfast.use_backend(backend):
-            loss = attnfast.sharpen_focus_loss(*xs, mask_grad=mg, omega=5.0).loss
-        grads[mg] = torch.autograd.grad(loss, xs)
-    same = [torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads[False], grads[True])]
-    assert same[0] and same[1] and same[2] and same[5], "mask_grad may only change last F / last G_target"
-    assert not (same[3] and same[4]), "mask_grad=True must add the gradient through the mask"
+    check_mask_grad_contract(backend)
 
 
 def test_reductions():
-    xs = _inputs(torch.float32, 3, 4, 6, *PAIRS_SMALL[0])
+    xs = sf_inputs(torch.float32, 3, 4, 6, *PAIRS_SMALL[0])
     outs = {r: attnfast.sharpen_focus_loss(*xs, reduction=r) for r in ("none", "sum", "mean")}
     torch.testing.assert_close(outs["none"].loss.sum(), outs["sum"].loss)
     torch.testing.assert_close(outs["none"].loss.mean(), outs["mean"].loss)
@@ -128,7 +95,7 @@ def test_hidden_outputs_are_the_maps(backend, kind, per_channel):
     fields."""
     require(backend)
     n, ki, kl, (hi, wi), (hl, wl) = 3, 4, 6, *PAIRS_SMALL[0]
-    xs = _inputs(torch.float32, n, ki, kl, (hi, wi), (hl, wl), fmt="channels_last",
+    xs = sf_inputs(torch.float32, n, ki, kl, (hi, wi), (hl, wl), fmt="channels_last",
                  per_channel=per_channel, kind=kind)
     xs = [x.requires_grad_() for x in xs]
     outs = namespace(backend).sharpen_focus_loss(*xs, KIND_CODES[kind], 0.55, 100.0, 1.0, True,

@@ -12,16 +12,12 @@ from attnfast.baseline import Baseline
 from attnfast.train import data as data_mod
 from attnfast.train import models, recipes, report
 from attnfast.train.metrics import average_precision, roc_auc
+from helpers import LOCATED_DATA, TRAIN_TINY
 
-TINY = ["--data", "synthetic", "--train-size", "32", "--test-size", "16", "--image-size", "16",
-        "--model", "resnet8", "--batch-size", "16", "--epochs", "1", "--pictures", "0",
-        "--no-progress", "--seeds", "1", "--eval-every", "1"]
+TINY = TRAIN_TINY
 
 
-@pytest.fixture(autouse=True)
-def torch_backend():
-    with attnfast.use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_backend")  # conftest
 
 
 def run(tmp_path, *extra, name="run"):
@@ -157,8 +153,7 @@ def test_recipes_and_large_batch_scaling():
 
 # ----------------------------------------------------------------------------- seeds, splits
 
-LOCATED = ["--data", "located-digits", "--image-size", "32", "--train-size", "48",
-           "--test-size", "24"]
+LOCATED = LOCATED_DATA
 
 
 def test_seeds_aggregate_by_hand():

@@ -17,18 +17,14 @@ from attnfast.train.distributed import Dist
 from attnfast.train.localize import energy_in_box, pointing_in_box
 from attnfast.train.metrics import evaluate
 
-from test_train import LOCATED as LOCATED_DATA
-from test_train import TINY as TRAIN_TINY
+from helpers import LOCATED_DATA, TRAIN_TINY
 
 # the trainer tests' tiny run (later options win): batch 8, one method
 TINY = [*TRAIN_TINY, "--batch-size", "8", "--method", "baseline"]
 LOCATED = [*TRAIN_TINY, *LOCATED_DATA]
 
 
-@pytest.fixture(autouse=True)
-def torch_backend():
-    with attnfast.use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_backend")  # conftest
 
 
 def test_every_epoch_draws_a_new_order_and_a_resumed_run_the_same(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import torch
 
 import attnfast.reference as ref
 from attnfast._schema import KIND_CODES
-from conftest import DEVICE, require
+from helpers import DEVICE, close, require
 
 ops = torch.ops.attnfast_triton
 TILE = 8          # pixels per chunk in these tests
@@ -67,16 +67,8 @@ def zero_maps():
 
 
 def assert_close(name, got, want):
-    """Element-wise: |got - want| <= ATOL + RTOL |want| (want in float64); mismatches printed."""
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    got = got.detach().double().cpu()
-    want = want.detach().double().cpu()
-    bad = ~((got - want).abs() <= ATOL + RTOL * want.abs())
-    if bad.any():
-        rows = [f"  at {tuple(i)}: got {got[tuple(i)].item():.9g}, want {want[tuple(i)].item():.9g}"
-                for i in bad.nonzero()[:8].tolist()]
-        raise AssertionError(f"{name}: {int(bad.sum())} of {bad.numel()} elements off\n"
-                             + "\n".join(rows))
+    """helpers.close with this file's RTOL and ATOL."""
+    close(got, want, name, RTOL, ATOL)
 
 
 def check(name, reference, inputs, forward, backward):

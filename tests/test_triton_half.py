@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import attnfast
-from conftest import BACKENDS, big, check, kink_free, pre_activation
+from helpers import BACKENDS, big, check, kink_free, pre_activation
 
 SHAPE = (2, 5, 3, 4)
 HALF = [torch.float16, torch.bfloat16]

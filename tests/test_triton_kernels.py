@@ -17,9 +17,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu":
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported below
+from helpers import DEVICE, close  # noqa: E402  (sets TRITON_INTERPRET before triton loads)
 pytest.importorskip("triton", reason="the Triton backend needs the `triton` package")
 
 
@@ -81,21 +79,9 @@ def reference(fn, tensors, upstream, dtype):
 
 
 def assert_close(name, got, want64, want32, rtol=1e-5, atol=1e-6):
-    """Element by element: |got - want64| <= atol + rtol |want64| + 4 |want32 - want64| (the
-    float32 reference's own error at that element), never scaled by the tensor's largest
-    value; mismatches printed."""
-    assert got.shape == want64.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want64.shape)}"
-    if got.numel() == 0:
-        return
-    got64 = got.detach().double()
-    assert torch.isfinite(got64).all() == torch.isfinite(want64).all(), f"{name}: non-finite"
-    err = (got64 - want64).abs()
-    tol = atol + rtol * want64.abs() + 4 * (want32.double() - want64).abs()
-    if (err > tol).any():
-        bad = (err > tol).nonzero()[:8].tolist()
-        rows = [f"  at {i}: got {got64[tuple(i)].item():.8g}, want {want64[tuple(i)].item():.8g}"
-                f" (tol {tol[tuple(i)].item():.3g})" for i in bad]
-        raise AssertionError(f"{name}: {int((err > tol).sum())} elements off\n" + "\n".join(rows))
+    """helpers.close, with the float32 reference's own error at each element (4x) as slack."""
+    if got.numel():
+        close(got, want64, name, rtol, atol, slack=4 * (want32.double() - want64).abs())
 
 
 def check(name, fn, tensors, forward, backward=None, ngrad=None):

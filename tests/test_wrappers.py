@@ -16,50 +16,26 @@ import torch.nn.functional as nnf
 import attnfast
 from attnfast import GGAM, SharpenFocus, reference
 from attnfast.baseline import Baseline
-from attnfast.train import models
+from helpers import close, forward_with, image_batch, tiny_resnet
 
-N, C, SIZE = 6, 5, 12
+N, C, SIZE = 6, 5, (12, 16)  # non-square images: an H/W mix-up cannot pass
 INNER, LAST = "layer2", "layer3"
 
 
-@pytest.fixture(autouse=True)
-def torch_backend():
-    with attnfast.use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_backend")  # conftest
 
 
 def tiny(dtype=torch.float64, seed=0, classes=C):
-    torch.manual_seed(seed)
-    return models.create("resnet8", classes, in_channels=3).to(dtype)
+    return tiny_resnet(classes, dtype=dtype, seed=seed)
 
 
 def batch(dtype=torch.float64, seed=1, n=N, classes=C):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, 3, SIZE, SIZE, generator=g, dtype=dtype),
-            torch.randint(0, classes, (n,), generator=g))
-
-
-def forward_with(model, names, x, prepend=False):
-    """Logits and the outputs of the named layers, by hooks of this test's own."""
-    store, mods = {}, dict(model.named_modules())
-    hs = [mods[n].register_forward_hook(lambda m, a, o, n=n: store.__setitem__(n, o),
-                                        prepend=prepend) for n in names]
-    try:
-        logits = model(x)
-    finally:
-        for h in hs:
-            h.remove()
-    return logits, [store[n] for n in names]
-
-
-def close(a, b, tol=1e-9):
-    err = (a - b).abs().max().item()
-    return err <= tol * max(1.0, b.abs().max().item()), err
+    return image_batch(n, SIZE, classes, dtype=dtype, seed=seed)
 
 
 def assert_close(a, b, tol=1e-9, what=""):
-    ok, err = close(a, b, tol)
-    assert ok, f"{what}: max abs error {err:.3e} (scale {b.abs().max().item():.3e})"
+    """helpers.close with rtol = atol = tol, element by element."""
+    close(a, b, what, rtol=tol, atol=tol)
 
 
 def params(model):
@@ -97,7 +73,8 @@ def test_captured_gradients_are_each_samples_own_class_gradient():
     s = logits.gather(1, y[:, None]).sum()
     bug, = torch.autograd.grad(s, fi, grad_outputs=s)
     assert abs(s.item() - 1) > 1e-3
-    assert not close(bug, per_sample_grads(model, x, y)[0])[0]
+    with pytest.raises(AssertionError):
+        assert_close(bug, per_sample_grads(model, x, y)[0], what="the bug")
 
 
 def test_analytic_head_equals_autograd_last_layer_gradients():
@@ -190,7 +167,7 @@ def test_attention_maps():
     sf = SharpenFocus(model, INNER, LAST, attention="channel")
     maps = sf.attention_maps(x, y)
     assert set(maps) == {"inner_target", "inner_confuser", "last_target", "last_confuser"}
-    assert maps["inner_target"].shape == (N, 6, 6) and maps["last_target"].shape == (N, 3, 3)
+    assert maps["inner_target"].shape == (N, 6, 8) and maps["last_target"].shape == (N, 3, 4)
     assert all(m.dtype == torch.float32 or m.dtype == torch.float64 for m in maps.values())
     ri, rl = per_sample_grads(model, x, y)
     _, (fi, fl) = forward_with(model, (INNER, LAST), x)
@@ -427,3 +404,23 @@ def test_bad_options():
         GGAM(tiny(), LAST, channels=64, target="x")
     with pytest.raises(ValueError, match="channels=32 but layer 'layer3' outputs 64 channels"):
         GGAM(tiny(), LAST, channels=32)
+
+
+def test_confuser_is_the_runner_up_when_the_label_wins():
+    """Pinned logits where the label has the highest score: the confuser must be the second
+    class, not the label (random models seldom predict the label, so the test above may never
+    reach this case); multi-label: the best negative class, however high the positives."""
+    from attnfast.capture import confusers
+    logits = torch.tensor([[5.0, 3.0, 1.0, 4.0], [0.0, 2.0, 9.0, 2.5], [1.0, 1.5, 0.5, -1.0]])
+    y = torch.tensor([0, 2, 1])                 # the argmax of every row
+    assert torch.equal(confusers(logits, y), torch.tensor([3, 3, 0]))
+    multi = torch.tensor([[1, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 0]])
+    assert torch.equal(confusers(logits, multi), torch.tensor([1, 3, 2]))
+    # the wrapper on a model whose prediction is the label: confuser = runner-up
+    model = tiny().eval()
+    x, _ = batch()
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+    g = SharpenFocus(model, INNER, LAST, head=None)._gradients(x, labels, False)
+    assert torch.equal(g.logits.detach().argmax(1), labels)
+    assert torch.equal(g.confusers, g.logits.detach().topk(2, dim=1).indices[:, 1])
