@@ -142,7 +142,9 @@ def _guide_inputs(dtype, fmt, size, kind, g_fmt, flat=False, seed=0):
 def _guide_case(dtype, fmt, size, flat=False):
     """Every kind x loss, forward and backward, against the float64 reference; G in the other
     memory format than F for half of them, coverage from the boxes or given (a mask) for a third
-    (every kind and every loss at least once each way)."""
+    (every kind and every loss at least once each way). Energy on 1 x 1 maps is forward only:
+    there L = 1 - cov for any A > 0, so its gradient is 0 in exact arithmetic and a comparison
+    would weigh float32 rounding noise against the float32 reference's luck (~1e-8 vs ~1e-16)."""
     other = {"nchw": "channels_last", "channels_last": "nchw"}[fmt]
     for i, kind in enumerate(GUIDE_KINDS):
         for j, loss in enumerate(GUIDE_LOSSES):
@@ -151,7 +153,7 @@ def _guide_case(dtype, fmt, size, flat=False):
             cover = dict(mask=mask) if (i + j) % 3 == 0 else dict(boxes=boxes, image_size=img)
             check(lambda f, g: attnfast.guidance_loss(f, g, rows=rows, attention=kind, loss=loss,
                                                       reduction="none", **cover),
-                  [f, g], B, out_tol=1e-4)
+                  [f, g], B, out_tol=1e-4, grad=not (loss == "energy" and size == "1x1"))
 
 
 CASES = {

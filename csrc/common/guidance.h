@@ -147,6 +147,20 @@ ATTNFAST_HD inline T norm_loss_grad(int64_t loss, T g, T u, T cov, T c, int64_t 
   return c > T(0) ? -g / c * cov / (u + eps) : T(0);
 }
 
+// normalize_backward_add (common/maps.h) pixel by pixel, for block-parallel callers: da_p of
+// u = a / (max(m, 0) + eps) given m = max_q a_q and the sums over the pixels g_tied = sum of g_q
+// over the pixels tied at the max, ties = their number, rest = sum of g_q a_q over the others
+// (the cancellation-free form at the tied pixels, NaN rules included).
+template <class T>
+ATTNFAST_HD inline T normalize_grad_at(T g, T a, T m, T eps, T g_tied, T ties, T rest) {
+  if (m != m) return m;
+  if (!(m >= T(0))) return g / eps;
+  const T d = m + eps, d2 = d * d;
+  const T spread = (rest + m * g_tied) / d2;
+  if (spread != spread) return spread;
+  return a == m ? (g * eps + m * (g - g_tied / ties) - rest / ties) / d2 : g / d;
+}
+
 // The loss of one row; ap: P scratch (A+, then Â for l1/ppce).
 template <class T>
 ATTNFAST_HD inline T guidance_value(const T* a, const T* cov, int64_t P, int64_t loss, T eps,

@@ -186,25 +186,25 @@ template <class T> struct Backward {
       const EnergyGrad<float> eg = energy_grad(g, v[0], v[1], eps);
       ATTNFAST_BLOCK_LOOP(q, P) e[q] = relu_backward(eg.gi * cov[q] + eg.gs, a[q]) * s;
     } else {
-      // u = A+ / d: dL/du (norm_loss_grad), then normalize's backward (sample.cuh: norm_share /
-      // norm_grad, ties at the max split evenly), then A+ -> A by [A > 0].
-      const float mx = positive_max(a, P);
-      const MapStat stat{mx, relu(mx) + eps};
+      // u = A+ / d: dL/du (norm_loss_grad), then normalize's backward (normalize_grad_at: ties
+      // at the max split evenly), then A+ -> A by [A > 0].
+      const float m = positive_max(a, P), d = relu(m) + eps;
       float c[1] = {0.f};
       ATTNFAST_BLOCK_LOOP(q, P) c[0] += cov[q];
       block_sum(c);
-      float v[2] = {0.f, 0.f};  // sum dL/du_p A+_p, pixels tied at the max
+      float v[3] = {0.f, 0.f, 0.f};  // g_tied, ties, rest of normalize_grad_at
       ATTNFAST_BLOCK_LOOP(q, P) {
-        const float ap = relu(a[q]);
-        v[0] += norm_loss_grad(lo, g, ap / stat.d, cov[q], c[0], P, eps) * ap;
-        v[1] += ap == stat.mx ? 1.f : 0.f;
+        const float ap = relu(a[q]), dn = norm_loss_grad(lo, g, ap / d, cov[q], c[0], P, eps);
+        if (ap == m) {
+          v[0] += dn, v[1] += 1.f;
+        } else {
+          v[2] += dn * ap;
+        }
       }
       block_sum(v);
-      const float share = norm_share(stat, v[0], v[1]);
       ATTNFAST_BLOCK_LOOP(q, P) {
-        const float ap = relu(a[q]);
-        const float dn = norm_loss_grad(lo, g, ap / stat.d, cov[q], c[0], P, eps);
-        e[q] = relu_backward(norm_grad(dn, ap, stat, share), a[q]) * s;
+        const float ap = relu(a[q]), dn = norm_loss_grad(lo, g, ap / d, cov[q], c[0], P, eps);
+        e[q] = relu_backward(normalize_grad_at(dn, ap, m, eps, v[0], v[1], v[2]), a[q]) * s;
       }
     }
     __syncthreads();
@@ -237,8 +237,10 @@ template <class T> struct Backward {
                                                              in.a.g_flat[r * K + k], in.inv_k());
       } else {
         const float qp = qk / static_cast<float>(P);
-        for (int64_t q = lane_id(); q < P; q += 32)
-          dg[d.ldg.at(r, k, q)] = from_float<T>(weight_term_backward(positive, qp, in.g(r, k, q)));
+        for (int64_t q = lane_id(); q < P; q += 32) {
+          const float gv = positive ? in.g(r, k, q) : 0.f;  // gradcam: G is not read
+          dg[d.ldg.at(r, k, q)] = from_float<T>(weight_term_backward(positive, qp, gv));
+        }
       }
     }
   }
