@@ -341,6 +341,8 @@ def test_guidance():
         dF, dG = torch.empty_like(F), torch.empty_like(G)
         assert lib.emu_guidance_loss_backward(DT[dt], geo(F), lg, ib, fo, ptr, P(up.float()), P(maps), P(weights),
                                               P(order), P(offsets), P(dF), P(dG)) == 0
+        if loss == "energy" and h * w == 1:
+            continue  # L = 1 - cov for any A > 0: an exact-zero gradient, only rounding to compare
         for name, d, g64, g32 in zip(("dF", "dG"), (dF, dG), grs, grs32):  # want: in d's dtype
             check(f"guide bwd {name} {tag}", d, g64.to(d.dtype), 2e-4 if dt == torch.float32 else 3e-2, g32)
 
