@@ -5,7 +5,8 @@ kernels, Triton ahead-of-time compiles), not at values.
 Big N x K x H x W tensors take the dtype and layout asked for; everything small (maps, weights,
 2-D grads, per-sample values) is contiguous float32, as the interface says. ``cases`` also walks
 the options that pick different kernel variants: ``positive``, the three ``kind`` codes,
-``normalize`` and ``mask_grad``, resized and same-size masks, soft-IoU with and without a mask.
+``normalize`` and ``mask_grad``, resized and same-size masks, soft-IoU with and without a mask,
+``guidance_loss``'s four kinds and losses with computed and given coverage.
 """
 from __future__ import annotations
 
@@ -49,6 +50,17 @@ def cases(dtype=torch.float32, layout="nchw", n=2, k=3, hw=(4, 5), last=(2, 3), 
                                                normalize, mask_grad, EPS)))
     out.append(("sharpen_focus_loss", (f, g, g2, fl, gl, small(n, k + 1), 1, 0.55, 100.0, 1.0,
                                        True, False, EPS)))  # a 2-D (per-channel) last gradient
+    # guidance_loss: rows all on the last image (shared; the others have none), boxes R x 2 x 4
+    # in an image of 4h x 4w pixels; coverage computed (empty) for every kind x a loss, given
+    # with R x K grads
+    rows = torch.full((n,), n - 1, dtype=torch.long, device=device)
+    lo = torch.rand(n, 2, 2, generator=gen) * 2 * min(h, w)
+    boxes = torch.cat([lo, lo + torch.rand(n, 2, 2, generator=gen) * 2 * min(h, w)], 2).to(device)
+    for kind, loss in ((0, 1), (1, 0), (2, 2), (3, 3)):
+        out.append(("guidance_loss", (f, g, boxes, rows, small(0), kind, loss, 4.0 * h, 4.0 * w,
+                                      EPS)))
+    out.append(("guidance_loss", (f, wts, boxes, rows, small(n, h, w, positive=True), 1, 2,
+                                  4.0 * h, 4.0 * w, EPS)))
     return out
 
 
