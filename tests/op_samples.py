@@ -9,7 +9,8 @@ in ``tests/boundaries.py``. Adding an op = adding its lines to ``cases`` and ``P
 Big N x K x H x W tensors take the dtype and layout asked for; everything small (maps, weights,
 2-D grads, per-sample values) is contiguous float32, as the interface says. ``cases`` also walks
 the options that pick different kernel variants: ``positive``, the three ``kind`` codes,
-``normalize`` and ``mask_grad``, resized and same-size masks, soft-IoU with and without a mask.
+``normalize`` and ``mask_grad``, resized and same-size masks, soft-IoU with and without a mask,
+``guidance_loss``'s four kinds and losses with computed and given coverage.
 """
 from __future__ import annotations
 

@@ -104,9 +104,14 @@ def _every_op(f, g, g2, fl, gl, gl2, w, s, a, b, m):
     iou, iou_l, cons, *_saved = ops.sharpen_focus_loss(f, g, g2, fl, gl, gl2, 1, 0.55, 100.0, 1.0,
                                                        True, True, eps)
     out, spatial = ops.channel_spatial_attention(f, s, eps)
+    n, _, h, wd = f.shape
+    boxes = torch.tensor([[[0.0, 0.0, 2.0, 3.0]]], device=f.device).expand(n, 1, 4).contiguous()
+    guide, *_saved = ops.guidance_loss(f, g, boxes, torch.arange(n, device=f.device),
+                                       f.new_empty((0,), dtype=torch.float32), 2, 0,
+                                       4.0 * h, 4.0 * wd, eps)
     return (ops.soft_iou(a, b, mask, eps).sum() + ops.attention_consistency(norm, m, 1.0, eps).sum()
             + (iou + iou_l + cons).sum() + out.float().sum() + spatial.sum()
-            + ops.ggam_loss(s, w, eps).sum())
+            + ops.ggam_loss(s, w, eps).sum() + guide.sum())
 
 
 def _fake_inputs(dtype, layout):

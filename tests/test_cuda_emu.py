@@ -21,6 +21,7 @@ with deterministic algorithms on): an output element or scratch word a kernel fo
 shows up as NaN. ``ATTNFAST_REQUIRE`` containing ``cuda_emu`` (``make test`` where nvcc is) turns
 a failed build into a failure instead of a skip.
 """
+import math
 import os
 import subprocess
 import sys
@@ -31,7 +32,7 @@ import torch
 
 import attnfast
 from attnfast._compat import has_kernel
-from attnfast._schema import OPS, SCHEMAS
+from attnfast._schema import KIND_CODES, LOSS_CODES, OPS, SCHEMAS
 from boundaries import TABLE, dtypes_for, run
 from helpers import DEVICE, REQUIRED, big, check, kink_free, pre_activation, require
 from op_samples import (cases, check_backward_contract, check_mask_grad_contract,
@@ -70,6 +71,15 @@ OUT_TOL = {"soft_mask": 1e-4, "sharpen_focus_loss": 1e-4}
 # A last-layer map with one positive pixel (likely at 1 x 4) is scale-invariant after the
 # normalization: its gradient cancels to ~eps from O(1) terms, which float32 resolves to ~1e-7
 GRAD_ATOL = {"sharpen_focus_loss": 1e-7}
+# guidance_loss: (N, K, h, w, rows). Rows share images and some image has none (N > 1); "large"
+# is a map of 9 x 256 pixels whose dF pass strides over more elements than the emulated grid
+# (16 blocks) has threads; "h1" is h = 1 < w; "global" needs more than the emulated device's
+# 64 KiB of shared memory (the per-row global-workspace path) with more rows (10) than that
+# path's grid (8 blocks), so blocks take several rows.
+GUIDE = {"odd": (3, 13, 5, 7, (0, 2, 0, 2)), "1x1": (3, 6, 1, 1, (2, 0, 2, 0, 1)),
+         "h1": (2, 5, 1, 9, (1, 1, 0)), "large": (1, 8, 48, 48, (0, 0)),
+         "global": (2, 3, 90, 90, (1, 0, 1, 1, 0, 1, 1, 0, 1, 1))}
+GUIDE_KINDS, GUIDE_LOSSES = tuple(KIND_CODES), tuple(LOSS_CODES)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -107,6 +117,48 @@ def test_backward_contract(name, fmt):
 
 
 # ----------------------------------------------------------------------------- numerics
+def _guide_inputs(dtype, fmt, size, kind, g_fmt, flat=False, seed=0):
+    """(F, G, boxes, rows, image size, mask) of a guidance_loss case: quarter-integer boxes in an
+    image whose cells are not whole pixels, one reaching past the image, one empty; a random
+    binary mask as the alternative coverage; no map pre-activation near a ReLU kink."""
+    n, k, h, w, rows = GUIDE[size]
+    rows, r = torch.tensor(rows), len(rows)
+    img = (7 * h + 3, 5 * w + 2)
+    gen = torch.Generator().manual_seed(seed)
+    lo = torch.rand(r, 2, 2, generator=gen) * 0.8 - 0.1          # y0, x0 as image fractions
+    ext = torch.rand(r, 2, 2, generator=gen) * 0.7                 # heights, widths
+    scale = torch.tensor(img, dtype=torch.float32)
+    boxes = (torch.cat([lo, lo + ext], dim=2) * scale.repeat(2) * 4).round() / 4
+    boxes[0, 1] = 0.0                                              # an empty (padding) box
+    mask = (torch.rand(r, 2 * h + 1, 3 * w, generator=gen) > 0.5).float()
+
+    def make():
+        f = big((n, k, h, w), dtype, fmt)
+        g = torch.randn(r, k, device=DEVICE) / 4 if flat else big((r, k, h, w), dtype, g_fmt)
+        return [f, g]
+
+    def pre(f, g):  # ixg is pixel's sum instead of mean: the same kinks
+        return pre_activation("pixel" if kind == "ixg" else kind, f[rows], g)
+    return (*kink_free(make, pre), boxes, rows, img, mask)
+
+
+def _guide_case(dtype, fmt, size, flat=False):
+    """Every kind x loss, forward and backward, against the float64 reference; G in the other
+    memory format than F for half of them, coverage from the boxes or given (a mask) for a third
+    (every kind and every loss at least once each way). Energy on 1 x 1 maps is forward only:
+    there L = 1 - cov for any A > 0, so its gradient is 0 in exact arithmetic and a comparison
+    would weigh float32 rounding noise against the float32 reference's luck (~1e-8 vs ~1e-16)."""
+    other = {"nchw": "channels_last", "channels_last": "nchw"}[fmt]
+    for i, kind in enumerate(GUIDE_KINDS):
+        for j, loss in enumerate(GUIDE_LOSSES):
+            f, g, boxes, rows, img, mask = _guide_inputs(dtype, fmt, size, kind,
+                                                         other if (i + j) % 2 else fmt, flat)
+            cover = dict(mask=mask) if (i + j) % 3 == 0 else dict(boxes=boxes, image_size=img)
+            check(lambda f, g: attnfast.guidance_loss(f, g, rows=rows, attention=kind, loss=loss,
+                                                      reduction="none", **cover),
+                  [f, g], B, out_tol=1e-4, grad=not (loss == "energy" and size == "1x1"))
+
+
 def _params():
     out = []
     for name in OPS:
@@ -115,6 +167,8 @@ def _params():
                 for s in (SF_SIZES if name == "sharpen_focus_loss" else SIZES):
                     if name == "ggam_loss" and s not in ("odd", "1x1", "wide"):
                         continue  # N x K inputs only
+                    if name == "guidance_loss":
+                        continue  # its own sizes: test_guidance_matches_reference
                     out.append(pytest.param(name, dt, fmt, s,
                                             id=f"{name}-{str(dt)[6:]}-{fmt}-{s}"))
     return out
@@ -138,6 +192,19 @@ def test_op_matches_reference(name, dtype, fmt, size):
                 # known limit of tests/test_ggam.py).
                 pytest.xfail("1 x 1 map: eps-driven dS below float32's resolution of 1 - T")
             raise
+
+
+def _guide_params():
+    """float32 on every GUIDE size, the half types on the small odd and h = 1 ones."""
+    return [pytest.param(dt, fmt, s, id=f"{str(dt)[6:]}-{fmt}-{s}") for dt in DTYPES for fmt in FMTS
+            for s in GUIDE if dt == torch.float32 or s in ("odd", "h1")]
+
+
+@pytest.mark.parametrize("dtype,fmt,size", _guide_params())
+def test_guidance_matches_reference(dtype, fmt, size):
+    """guidance_loss: every kind x loss, forward and backward, against float64 (_guide_case)."""
+    torch.manual_seed(0)
+    _guide_case(dtype, fmt, size)
 
 
 def _sf_inputs(dtype, kind, per_channel):
@@ -260,3 +327,67 @@ def test_thread_order_independent(device, name, thread_orders):
     __syncthreads, within a sample or between two, would show here."""
     status, text = thread_orders(device)[name]
     assert status == "ok", f"{name}: {status}: {text}"
+
+
+# ----------------------------------------------------------------------------- guidance_loss
+@pytest.mark.parametrize("size", ["odd", "1x1", "h1"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_guidance_per_channel_grads(dtype, size):
+    """R x K gradients (GAP + linear head): every kind x loss through the weights path."""
+    torch.manual_seed(0)
+    _guide_case(dtype, "channels_last", size, flat=True)
+
+
+def test_guidance_pinned():
+    """Hand-computed values: a 4 x 4 image, a 2 x 2 layer (cells of 2 x 2 pixels), the box
+    (0, 0, 2, 3) covers cell (0, 0) and half of cell (0, 1): cov = [[1, .5], [0, 0]]; ixg with
+    K = 1 and g = 1 gives A = F = [[1, 2], [3, 4]] (S = 10, Â = A / 4 up to eps)."""
+    f = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    box = torch.tensor([[[0.0, 0.0, 2.0, 3.0]]])
+    want = {"energy": 1 - 2 / 10, "l1": (0.75 + 0.0 + 0.75 + 1.0) / 4,
+            "ppce": -(math.log(0.25) + 0.5 * math.log(0.5)) / 1.5, "rrr": 0.5 * 4 + 9 + 16}
+    with attnfast.use_backend(B):
+        for loss, v in want.items():
+            got = attnfast.guidance_loss(f, torch.ones(1, 1), box, image_size=(4, 4),
+                                         attention="ixg", loss=loss, reduction="none")
+            assert abs(got.item() - v) <= 1e-5 * abs(v) + 2e-6, (loss, got.item(), v)
+
+
+@pytest.mark.parametrize("kind", GUIDE_KINDS)
+def test_guidance_no_boxes_and_no_rows(kind):
+    """B = 0 (coverage 0 everywhere) and R = 0 (no rows: every dF is 0)."""
+    torch.manual_seed(0)
+    f, g = big((2, 3, 4, 5), torch.float32), big((3, 3, 4, 5), torch.float32)
+    rows = torch.tensor([1, 0, 1])
+    for loss in GUIDE_LOSSES:
+        check(lambda f, g: attnfast.guidance_loss(f, g, torch.zeros(3, 0, 4), rows,
+                                                  image_size=(8, 10), attention=kind, loss=loss,
+                                                  reduction="none"), [f, g], B)
+        check(lambda f, g: attnfast.guidance_loss(f, g, torch.zeros(0, 2, 4),
+                                                  torch.zeros(0, dtype=torch.long),
+                                                  image_size=(8, 10), attention=kind, loss=loss,
+                                                  reduction="sum"), [f, g[:0]], B)
+
+
+@pytest.mark.parametrize("loss", GUIDE_LOSSES)
+@pytest.mark.parametrize("kind", GUIDE_KINDS)
+def test_guidance_thread_order_independent(kind, loss):
+    """Every kind x loss (coverage from boxes, rows sharing an image, G in the other layout):
+    bitwise equal results for forward, reversed and shuffled thread order."""
+    torch.manual_seed(0)
+    f, g, boxes, rows, img, _ = _guide_inputs(torch.float32, "nchw", "odd", kind, "channels_last")
+    results = {}
+    for order in ("forward", "reverse", "shuffle"):
+        os.environ["EMU_ORDER"] = order
+        try:
+            xs = [x.detach().requires_grad_() for x in (f, g)]
+            with attnfast.use_backend(B):
+                out = attnfast.guidance_loss(*xs, boxes, rows, image_size=img, attention=kind,
+                                             loss=loss, reduction="none")
+            out.backward(torch.linspace(-1, 2, out.numel()))
+        finally:
+            os.environ.pop("EMU_ORDER")
+        results[order] = [out.detach(), xs[0].grad, xs[1].grad]
+    for order in ("reverse", "shuffle"):
+        for i, (a, b) in enumerate(zip(results["forward"], results[order])):
+            assert torch.equal(a, b), f"{kind}/{loss}: result {i} differs between forward and {order}"

@@ -34,6 +34,15 @@ def test_kind_codes_are_those_of_the_cpp_kernels():
     assert all(KIND_CODES[KIND_NAMES[c]] == c for c in KIND_NAMES)
 
 
+def test_loss_codes_are_those_of_the_cpp_kernels():
+    """guidance_loss's loss codes: the C++ enum of csrc/common/guidance.h equals LOSS_CODES."""
+    text = (ROOT / "csrc" / "common" / "guidance.h").read_text()
+    enum = re.search(r"enum GuidanceLoss : int64_t \{([^}]*)\}", text).group(1)
+    cpp = {name.strip()[1:].lower(): int(code) for name, code in
+           (item.split("=") for item in enum.split(","))}
+    assert cpp == _schema.LOSS_CODES == {"energy": 0, "l1": 1, "ppce": 2, "rrr": 3}
+
+
 def test_the_apps_offer_the_kinds_of_the_table():
     for kind in ATTENTION_KINDS:
         assert recipes.parse_args(["--attention", kind]).attention == kind

@@ -105,37 +105,81 @@ ATTNFAST_HD inline void box_coverage(const T* boxes, int64_t B, T img_h, T img_w
 }
 
 // ---------------------------------------------------------------- the losses
+// The pieces below are the per-pixel terms and per-row finishes of the four losses; the serial
+// guidance_value / guidance_backward and the block-parallel CUDA kernels are built from them.
+
 // sign(x): 1, -1, or 0 at 0 and NaN (as torch.sgn, the derivative torch gives |x|).
 template <class T> ATTNFAST_HD inline T sign(T x) { return T(x > T(0)) - T(x < T(0)); }
+
+// rrr: the term (1 - cov) a^2 of pixel p, and its derivative times g.
+template <class T> ATTNFAST_HD inline T rrr_term(T a, T cov) { return (T(1) - cov) * a * a; }
+template <class T> ATTNFAST_HD inline T rrr_grad(T g, T a, T cov) { return T(2) * g * (T(1) - cov) * a; }
+
+// energy from s = sum A+ and inside = sum A+ cov: 1 when s < eps (a NaN s is not: NaN).
+template <class T> ATTNFAST_HD inline T energy_value(T s, T inside, T eps) {
+  return s < eps ? T(1) : T(1) - inside / s;
+}
+// g dL/dA+_p = gi cov_p + gs (0 when s < eps).
+template <class T> struct EnergyGrad {
+  T gi, gs;
+};
+template <class T> ATTNFAST_HD inline EnergyGrad<T> energy_grad(T g, T s, T inside, T eps) {
+  const bool low = s < eps;
+  return {low ? T(0) : -g / s, low ? T(0) : g * inside / (s * s)};
+}
+
+// l1 / ppce (losses of the normalized map u = Â): the term of pixel p, the row's value from the
+// term sum s and c = sum cov, and g dL/du_p.
+template <class T> ATTNFAST_HD inline T norm_loss_term(int64_t loss, T u, T cov, T eps) {
+  using std::log;
+  if (loss == kL1) {
+    const T d = u - cov;
+    return d < T(0) ? -d : d;
+  }
+  return cov * log(u + eps);
+}
+template <class T> ATTNFAST_HD inline T norm_loss_value(int64_t loss, T s, T c, int64_t P) {
+  return loss == kL1 ? s / T(P) : (c > T(0) ? -s / c : T(0));
+}
+template <class T>
+ATTNFAST_HD inline T norm_loss_grad(int64_t loss, T g, T u, T cov, T c, int64_t P, T eps) {
+  if (loss == kL1) return g * sign(u - cov) / T(P);
+  return c > T(0) ? -g / c * cov / (u + eps) : T(0);
+}
+
+// normalize_backward_add (common/maps.h) pixel by pixel, for block-parallel callers: da_p of
+// u = a / (max(m, 0) + eps) given m = max_q a_q and the sums over the pixels g_tied = sum of g_q
+// over the pixels tied at the max, ties = their number, rest = sum of g_q a_q over the others
+// (the cancellation-free form at the tied pixels, NaN rules included).
+template <class T>
+ATTNFAST_HD inline T normalize_grad_at(T g, T a, T m, T eps, T g_tied, T ties, T rest) {
+  if (m != m) return m;
+  if (!(m >= T(0))) return g / eps;
+  const T d = m + eps, d2 = d * d;
+  const T spread = (rest + m * g_tied) / d2;
+  if (spread != spread) return spread;
+  return a == m ? (g * eps + m * (g - g_tied / ties) - rest / ties) / d2 : g / d;
+}
 
 // The loss of one row; ap: P scratch (A+, then Â for l1/ppce).
 template <class T>
 ATTNFAST_HD inline T guidance_value(const T* a, const T* cov, int64_t P, int64_t loss, T eps,
                                     T* ap) {
-  using std::log;
   if (loss == kRrr) {
     T s = T(0);
-    for (int64_t p = 0; p < P; ++p) s += (T(1) - cov[p]) * a[p] * a[p];
+    for (int64_t p = 0; p < P; ++p) s += rrr_term(a[p], cov[p]);
     return s;
   }
   for (int64_t p = 0; p < P; ++p) ap[p] = relu(a[p]);
   if (loss == kEnergy) {
     T s = T(0), inside = T(0);
     for (int64_t p = 0; p < P; ++p) s += ap[p], inside += ap[p] * cov[p];
-    return s < eps ? T(1) : T(1) - inside / s;  // a NaN sum is not < eps: NaN
+    return energy_value(s, inside, eps);
   }
   normalize(ap, P, eps, ap);
   T s = T(0), c = T(0);
-  for (int64_t p = 0; p < P; ++p) {
-    if (loss == kL1) {
-      const T d = ap[p] - cov[p];
-      s += d < T(0) ? -d : d;
-    } else {
-      s += cov[p] * log(ap[p] + eps);
-      c += cov[p];
-    }
-  }
-  return loss == kL1 ? s / T(P) : (c > T(0) ? -s / c : T(0));
+  for (int64_t p = 0; p < P; ++p) s += norm_loss_term(loss, ap[p], cov[p], eps), c += cov[p];
+  return norm_loss_value(loss, s, c, P);
 }
 
 // Scratch elements guidance_backward needs.
@@ -146,7 +190,7 @@ template <class T>
 ATTNFAST_HD inline void guidance_backward(T g, const T* a, const T* cov, int64_t P, int64_t loss,
                                           T eps, T* scratch, T* da) {
   if (loss == kRrr) {
-    for (int64_t p = 0; p < P; ++p) da[p] = T(2) * g * (T(1) - cov[p]) * a[p];
+    for (int64_t p = 0; p < P; ++p) da[p] = rrr_grad(g, a[p], cov[p]);
     return;
   }
   T *ap = scratch, *dn = scratch + P;
@@ -154,22 +198,14 @@ ATTNFAST_HD inline void guidance_backward(T g, const T* a, const T* cov, int64_t
   if (loss == kEnergy) {
     T s = T(0), inside = T(0);
     for (int64_t p = 0; p < P; ++p) s += ap[p], inside += ap[p] * cov[p];
-    const bool low = s < eps;
-    const T gi = low ? T(0) : -g / s, gs = low ? T(0) : g * inside / (s * s);
-    for (int64_t p = 0; p < P; ++p) da[p] = relu_backward(gi * cov[p] + gs, a[p]);
+    const EnergyGrad<T> e = energy_grad(g, s, inside, eps);
+    for (int64_t p = 0; p < P; ++p) da[p] = relu_backward(e.gi * cov[p] + e.gs, a[p]);
     return;
   }
   const T d = norm_denominator(ap, P, eps);
   T c = T(0);
   for (int64_t p = 0; p < P; ++p) c += cov[p];
-  for (int64_t p = 0; p < P; ++p) {
-    const T u = ap[p] / d;
-    if (loss == kL1) {
-      dn[p] = g * sign(u - cov[p]) / T(P);
-    } else {
-      dn[p] = c > T(0) ? -g / c * cov[p] / (u + eps) : T(0);
-    }
-  }
+  for (int64_t p = 0; p < P; ++p) dn[p] = norm_loss_grad(loss, g, ap[p] / d, cov[p], c, P, eps);
   fill(da, P, T(0));
   normalize_backward_add(dn, ap, P, eps, da);
   for (int64_t p = 0; p < P; ++p) da[p] = relu_backward(da[p], a[p]);

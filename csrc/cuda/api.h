@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "common/defs.h"
+#include "common/guidance.h"
 
 namespace attnfast {
 namespace cuda {
@@ -154,6 +155,41 @@ cudaError_t ggam_loss_backward(int64_t n, int64_t k, const float* grad,
                                const float* channel_weights, const float* gradcam_weights,
                                float eps, float* d_channel_weights, float* d_gradcam_weights,
                                cudaStream_t stream);
+
+// ---------------------------------------------------------------- guidance from boxes
+// guidance_loss (csrc/host/guidance.h): rows r = (image rows[r], class). F is geo (N x K x h x w,
+// its layout geo.lay); G is either R x K x h x w of the same dtype in its own layout `lg` (g),
+// or R x K float32 (g_flat, a gradient equal at every pixel); exactly one is non-null.
+struct GuidanceArgs {
+  Geometry geo;
+  const void* f;
+  const void* g;
+  Layout lg;
+  const float* g_flat;
+  const int64_t* rows;    // R image indices in [0, N)
+  int64_t r, b;           // rows; boxes per row
+  const float* boxes;     // R x b x 4 (y0, x0, y1, x1), image pixels; read when coverage is null
+  const float* coverage;  // R x h x w, or null: computed from the boxes
+  GuidanceOptions<float> o;
+};
+// Outputs: loss R; maps R x h x w (the raw A); weights R x K for the channel and gradcam kinds
+// (null otherwise: not written).
+cudaError_t guidance_loss(DType dt, const GuidanceArgs& a, float* loss, float* maps,
+                          float* weights, Scratch scratch, cudaStream_t stream);
+// Its gradients: d_f in layout ldf (F's dtype), d_g in layout ldg (4-D G) or d_g_flat (R x K).
+struct GuidanceGrads {
+  void* d_f;
+  Layout ldf;
+  void* d_g;
+  Layout ldg;
+  float* d_g_flat;
+};
+// grad R; maps, weights as the forward left them; the rows grouped by image: the rows of image
+// n are order[offsets[n] : offsets[n + 1]].
+cudaError_t guidance_loss_backward(DType dt, const GuidanceArgs& a, const float* grad,
+                                   const float* maps, const float* weights,
+                                   const int64_t* order, const int64_t* offsets,
+                                   const GuidanceGrads& d, Scratch scratch, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace attnfast

@@ -295,20 +295,74 @@ def test_sharpen_focus():
             check(f"sf bwd {name} {tag}", d, r, 2e-4 if dt == torch.float32 else 3e-2, r32)
 
 
+def test_guidance():
+    """guidance_loss: every kind x loss, coverage from the boxes and given, 4-D G in the other
+    memory format than F or R x K G, rows sharing an image and images without rows."""
+    kinds = {"pixel": 0, "channel": 1, "gradcam": 2, "ixg": 3}
+    losses = ("energy", "l1", "ppce", "rrr")
+    cases = [((3, 13, 5, 7), (0, 2, 0, 2)), ((3, 6, 1, 1), (2, 0, 2)), ((2, 5, 1, 9), (1, 1, 0)),
+             ((1, 4, 64, 64), (0, 0))]
+    if QUICK:
+        cases = cases[:2]
+    for (shape, rows), kind, li, fmt, dt, flat, given in itertools.product(
+            cases, kinds, range(4), FORMATS, DTYPES, (False, True), (False, True)):
+        if dt != torch.float32 and (flat or given or li % 2):
+            continue  # keep the run short: low precision only on the boxes / 4-D G path
+        loss = losses[li]
+        n, k, h, w = shape
+        r, rows_t = len(rows), torch.tensor(rows)
+        tag = f"{kind}/{loss} {shape} {'NHWC' if fmt is torch.channels_last else 'NCHW'} {str(dt)[6:]} flat={flat} cov={given}"
+        other = torch.contiguous_format if fmt is torch.channels_last else torch.channels_last
+        F = make(shape, dt, fmt)
+        G = torch.randn(r, k) / 4 if flat else make((r, k, h, w), dt, other)
+        img = (7 * h + 3, 5 * w + 2)
+        lo = torch.rand(r, 2, 2) * 0.8 - 0.1
+        boxes = (torch.cat([lo, lo + torch.rand(r, 2, 2) * 0.7], 2) * torch.tensor(img * 2) * 4).round() / 4
+        cov64 = R.box_coverage(boxes.double(), img, (h, w))
+        cov = cov64.float().contiguous() if given else None
+        ib = (C.c_int64 * 5)(r, 2, kinds[kind], li, int(flat))
+        fo = (C.c_float * 3)(img[0], img[1], 1e-6)
+        lg = (C.c_int64 * 3)(*(list(geo(G))[4:] if not flat else [0, 0, 0]))
+        ptr = (C.c_void_p * 5)(*[P(t).value for t in (F, G, rows_t, boxes, cov)])
+        out, maps = torch.empty(r), torch.empty(r, h, w)
+        weights = torch.empty(r, k if kind in ("channel", "gradcam") else 0)
+        assert lib.emu_guidance_loss(DT[dt], geo(F), lg, ib, fo, ptr, P(out), P(maps), P(weights)) == 0
+        fn = lambda f, g: R.guidance_loss(f, g, rows_t, cov64.to(f.dtype), kind, loss)  # noqa: E731
+        up = torch.randn(r, dtype=torch.float64)
+        outs, grs = grads64(fn, [F, G], [up])
+        outs32, grs32 = grads32(fn, [F, G], [up])
+        tol = 1e-4 if dt == torch.float32 else 2e-3
+        # ppce / l1 of a 1 x 1 map are eps-sized differences of O(1) values: judged against the
+        # float32 reference's own error (want32), as the backward checks
+        check(f"guide fwd {tag}", out, outs[0], tol, outs32[0])
+        check(f"guide maps {tag}", maps, R.guidance_map(F.double(), G.double(), rows_t, kind), tol)
+        srt = torch.sort(rows_t, stable=True)
+        order, offsets = srt.indices.contiguous(), torch.searchsorted(srt.values, torch.arange(n + 1))
+        dF, dG = torch.empty_like(F), torch.empty_like(G)
+        assert lib.emu_guidance_loss_backward(DT[dt], geo(F), lg, ib, fo, ptr, P(up.float()), P(maps), P(weights),
+                                              P(order), P(offsets), P(dF), P(dG)) == 0
+        if loss == "energy" and h * w == 1:
+            continue  # L = 1 - cov for any A > 0: an exact-zero gradient, only rounding to compare
+        for name, d, g64, g32 in zip(("dF", "dG"), (dF, dG), grs, grs32):  # want: in d's dtype
+            check(f"guide bwd {name} {tag}", d, g64.to(d.dtype), 2e-4 if dt == torch.float32 else 3e-2, g32)
+
+
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["big", "maps", "sf"]
+    which = sys.argv[1:] or ["big", "maps", "sf", "guide"]
     if "maps" in which:
         test_map_ops()
     if "big" in which:
         test_big_ops()
     if "sf" in which:
         test_sharpen_focus()
+    if "guide" in which:
+        test_guidance()
     bad = [r for r in RESULTS if not r[2]]
     worst = {}
     for name, err, ok in RESULTS:
         words = name.split(" ")
-        op = " ".join(words[:2]) if words[0] == "sf" else words[0]
-        if words[0] == "sf" and words[1] == "bwd":
+        op = " ".join(words[:2]) if words[0] in ("sf", "guide") else words[0]
+        if words[0] in ("sf", "guide") and words[1] == "bwd":
             op += " " + words[2]
         dt = next((d for d in ("bfloat16", "float16") if d in name), "float32")
         worst[(op, dt)] = max(worst.get((op, dt), 0.0), err)

@@ -103,4 +103,26 @@ int emu_ggam_loss(int64_t n, int64_t k, const float* s, const float* b, float ep
 int emu_ggam_loss_backward(int64_t n, int64_t k, const float* g, const float* s, const float* b, float eps, float* ds, float* db) {
   return ggam_loss_backward(n, k, g, s, b, eps, ds, db, nullptr);
 }
+// guidance: gf[7] F's geometry, lg[3] G's layout; ib: r, b, kind, loss, flat; fo: image_h, image_w, eps;
+// ptr: f, g (4-D or R x K), rows, boxes, coverage (null: from the boxes)
+static GuidanceArgs guide_args(const int64_t* gf, const int64_t* lg, const int64_t* ib, const float* fo, void* const* ptr) {
+  GuidanceArgs a{};
+  a.geo = geo(gf), a.f = ptr[0];
+  if (ib[4]) a.g_flat = static_cast<const float*>(ptr[1]); else a.g = ptr[1], a.lg = {lg[0], lg[1], lg[2]};
+  a.rows = static_cast<const int64_t*>(ptr[2]), a.r = ib[0], a.b = ib[1];
+  a.boxes = static_cast<const float*>(ptr[3]), a.coverage = static_cast<const float*>(ptr[4]);
+  a.o = {ib[2], ib[3], fo[0], fo[1], fo[2]};
+  return a;
+}
+int emu_guidance_loss(int dt, const int64_t* gf, const int64_t* lg, const int64_t* ib, const float* fo, void* const* ptr, float* loss, float* maps, float* weights) {
+  Pool p; return guidance_loss(DType(dt), guide_args(gf, lg, ib, fo, ptr), loss, maps, weights, p.h(), nullptr);
+}
+// grads: grad, maps, weights; order, offsets; d: d_f (layout of F), d_g (layout lg, or R x K when flat)
+int emu_guidance_loss_backward(int dt, const int64_t* gf, const int64_t* lg, const int64_t* ib, const float* fo, void* const* ptr, const float* grad, const float* maps, const float* weights, const int64_t* order, const int64_t* offsets, void* df, void* dg) {
+  const GuidanceArgs a = guide_args(gf, lg, ib, fo, ptr);
+  GuidanceGrads d{};
+  d.d_f = df, d.ldf = a.geo.lay;
+  if (ib[4]) d.d_g_flat = static_cast<float*>(dg); else d.d_g = dg, d.ldg = a.lg;
+  Pool p; return guidance_loss_backward(DType(dt), a, grad, maps, weights, order, offsets, d, p.h(), nullptr);
+}
 }
