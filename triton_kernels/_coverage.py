@@ -9,7 +9,8 @@ needed). A rectangle of a y band and an x band lies inside the union of the boxe
 does (y0 <= cy < y1 and x0 <= cx < x1 for some box); cell (i, j) spans [i ch, (i + 1) ch) x
 [j cw, (j + 1) cw) and its coverage is the area of the covered rectangles inside it over ch cw,
 as attnfast.reference.box_coverage (docs/SPEC.md decision 20).
-Cost per cell: (2B + 2)^2 rectangles, each a test over the B boxes (B is small).
+Cost per chunk of cells: O(B^3) for the covered matrix of the (2B + 2)^2 rectangles, then
+O((2B + 2)^2) per cell (B is small).
 """
 import triton
 import triton.language as tl
@@ -35,14 +36,14 @@ def _axis_edges(box_ptr, r, B, extent, LOW: tl.constexpr, BLOCK_E: tl.constexpr)
 
 
 @triton.jit
-def _band(edges, valid, a):
-    """(lo, hi) of band a: lo = edges[a], hi = the next edge in the order (value, index), lo if
-    there is none (the last band is empty)."""
+def _bands(edges, valid):
+    """(lo, hi) of every band: lo = the edge, hi = the next edge in the order (value, index),
+    lo when there is none: the last band and the padding past 2B + 2 edges are empty."""
     idx = tl.arange(0, edges.shape[0])
-    lo = tl.sum(tl.where(idx == a, edges, 0.0), axis=0)
-    after = valid & ((edges > lo) | ((edges == lo) & (idx > a)))
-    hi = tl.min(tl.where(after, edges, float("inf")), axis=0)
-    return lo, tl.where(hi == float("inf"), lo, hi)
+    after = valid[None, :] & ((edges[None, :] > edges[:, None]) |
+                              ((edges[None, :] == edges[:, None]) & (idx[None, :] > idx[:, None])))
+    hi = tl.min(tl.where(after, edges[None, :], float("inf")), axis=1)
+    return edges, tl.where(valid & (hi != float("inf")), hi, edges)
 
 
 @triton.jit
@@ -54,32 +55,47 @@ def _cell_share(lo, hi, cell, step):
 
 
 @triton.jit
+def _pick(x, idx, a):
+    """x[a] of a vector (or row a of a matrix) by a masked sum."""
+    if len(x.shape) == 1:
+        v = tl.sum(tl.where(idx == a, x, 0.0), axis=0)
+    else:
+        v = tl.sum(tl.where(idx[:, None] == a, x, 0.0), axis=0)
+    return v
+
+
+@triton.jit
 def box_cover(box_ptr, r, B, p, valid, W, image_h, image_w, ch, cw,
               BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr):
     """Coverage of row r's boxes at cells p = i * W + j (0 where not valid): the sum over the
-    covered elementary rectangles of their overlap with each cell, over ch cw."""
+    covered elementary rectangles (y band a, x band c) of share_y(a, i) share_x(c, j), the
+    shares being overlaps over the cell size; the covered matrix is built once, by a loop over
+    the boxes, then a loop over the y bands adds sum_c covered[a, c] share_x(c, j)."""
     i = (p // W).to(tl.float32)
     j = (p % W).to(tl.float32)
+    idx = tl.arange(0, BLOCK_E)
     ys, y_valid = _axis_edges(box_ptr, r, B, image_h, 0, BLOCK_E)
     xs, x_valid = _axis_edges(box_ptr, r, B, image_w, 1, BLOCK_E)
-    b = tl.arange(0, BLOCK_B)
-    bmask = b < B
-    base = box_ptr + (r * B + b) * 4
-    y0 = _clip(tl.load(base, mask=bmask, other=0.0), image_h)
-    x0 = _clip(tl.load(base + 1, mask=bmask, other=0.0), image_w)
-    y1 = _clip(tl.load(base + 2, mask=bmask, other=0.0), image_h)
-    x1 = _clip(tl.load(base + 3, mask=bmask, other=0.0), image_w)
+    ylo, yhi = _bands(ys, y_valid)
+    xlo, xhi = _bands(xs, x_valid)
+    cy = 0.5 * (ylo + yhi)
+    cx = 0.5 * (xlo + xhi)
+    covered = tl.zeros([BLOCK_E, BLOCK_E], tl.float32)
+    for b in range(B):
+        base = box_ptr + (r * B + b) * 4
+        y0 = _clip(tl.load(base), image_h)
+        x0 = _clip(tl.load(base + 1), image_w)
+        y1 = _clip(tl.load(base + 2), image_h)
+        x1 = _clip(tl.load(base + 3), image_w)
+        in_y = (y0 <= cy) & (cy < y1)
+        in_x = (x0 <= cx) & (cx < x1)
+        covered = tl.where(in_y[:, None] & in_x[None, :], 1.0, covered)
+    share_x = _cell_share(xlo[:, None], xhi[:, None], j[None, :], cw)  # [BLOCK_E, pixels]
     acc = tl.zeros(p.shape, tl.float32)
     for a in range(2 * B + 2):
-        ylo, yhi = _band(ys, y_valid, a)
-        cy = 0.5 * (ylo + yhi)
-        in_y = bmask & (y0 <= cy) & (cy < y1)
-        share_y = _cell_share(ylo, yhi, i, ch)
-        for c in range(2 * B + 2):
-            xlo, xhi = _band(xs, x_valid, c)
-            cx = 0.5 * (xlo + xhi)
-            hit = tl.max(tl.where(in_y & (x0 <= cx) & (cx < x1), 1.0, 0.0), axis=0)
-            acc += hit * share_y * _cell_share(xlo, xhi, j, cw)
+        row = _pick(covered, idx, a)
+        across = tl.sum(row[:, None] * share_x, axis=0)
+        acc += _cell_share(_pick(ylo, idx, a), _pick(yhi, idx, a), i, ch) * across
     return tl.where(valid, acc, 0.0)
 
 
