@@ -9,8 +9,8 @@ needed). A rectangle of a y band and an x band lies inside the union of the boxe
 does (y0 <= cy < y1 and x0 <= cx < x1 for some box); cell (i, j) spans [i ch, (i + 1) ch) x
 [j cw, (j + 1) cw) and its coverage is the area of the covered rectangles inside it over ch cw,
 as attnfast.reference.box_coverage (docs/SPEC.md decision 20).
-Cost per chunk of cells: O(B^3) for the covered matrix of the (2B + 2)^2 rectangles, then
-O((2B + 2)^2) per cell (B is small).
+Cost per chunk of cells: O(B^3) for the covered matrix of the (2B + 2)^2 rectangles and
+O(B^2 w) for its product with the column shares, then O(B) per cell (B is small).
 """
 import triton
 import triton.language as tl
@@ -55,25 +55,14 @@ def _cell_share(lo, hi, cell, step):
 
 
 @triton.jit
-def _pick(x, idx, a):
-    """x[a] of a vector (or row a of a matrix) by a masked sum."""
-    if len(x.shape) == 1:
-        v = tl.sum(tl.where(idx == a, x, 0.0), axis=0)
-    else:
-        v = tl.sum(tl.where(idx[:, None] == a, x, 0.0), axis=0)
-    return v
-
-
-@triton.jit
 def box_cover(box_ptr, r, B, p, valid, W, image_h, image_w, ch, cw,
-              BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr):
-    """Coverage of row r's boxes at cells p = i * W + j (0 where not valid): the sum over the
-    covered elementary rectangles (y band a, x band c) of share_y(a, i) share_x(c, j), the
-    shares being overlaps over the cell size; the covered matrix is built once, by a loop over
-    the boxes, then a loop over the y bands adds sum_c covered[a, c] share_x(c, j)."""
-    i = (p // W).to(tl.float32)
-    j = (p % W).to(tl.float32)
-    idx = tl.arange(0, BLOCK_E)
+              BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Coverage of row r's boxes at cells p = i * W + j (0 where not valid), separably:
+    cov(i, j) = sum_a share_y(a, i) T(a, j), T(a, j) = sum_c covered(a, c) share_x(c, j), the
+    shares being the overlaps of band a (c) with cell row i (column j) over the cell size.
+    covered (bands x bands) is built by a loop over the boxes, T once per column (BLOCK_W >= W),
+    then gathered at each cell's column. Edge vectors hold 4 BLOCK_B >= 2B + 2 entries."""
+    BLOCK_E: tl.constexpr = 4 * BLOCK_B
     ys, y_valid = _axis_edges(box_ptr, r, B, image_h, 0, BLOCK_E)
     xs, x_valid = _axis_edges(box_ptr, r, B, image_w, 1, BLOCK_E)
     ylo, yhi = _bands(ys, y_valid)
@@ -90,15 +79,16 @@ def box_cover(box_ptr, r, B, p, valid, W, image_h, image_w, ch, cw,
         in_y = (y0 <= cy) & (cy < y1)
         in_x = (x0 <= cx) & (cx < x1)
         covered = tl.where(in_y[:, None] & in_x[None, :], 1.0, covered)
-    share_x = _cell_share(xlo[:, None], xhi[:, None], j[None, :], cw)  # [BLOCK_E, pixels]
-    acc = tl.zeros(p.shape, tl.float32)
-    for a in range(2 * B + 2):
-        row = _pick(covered, idx, a)
-        across = tl.sum(row[:, None] * share_x, axis=0)
-        acc += _cell_share(_pick(ylo, idx, a), _pick(yhi, idx, a), i, ch) * across
-    return tl.where(valid, acc, 0.0)
+    col = tl.arange(0, BLOCK_W).to(tl.float32)
+    share_x = _cell_share(xlo[:, None], xhi[:, None], col[None, :], cw)         # (c, column)
+    t = tl.sum(covered[:, :, None] * share_x[None, :, :], axis=1)              # (a, column)
+    j = tl.where(valid, p % W, 0)
+    i = (p // W).to(tl.float32)
+    share_y = _cell_share(ylo[:, None], yhi[:, None], i[None, :], ch)          # (a, cell)
+    t_at = tl.gather(t, tl.broadcast_to(j[None, :], (BLOCK_E, j.shape[0])), 1)
+    return tl.where(valid, tl.sum(share_y * t_at, axis=0), 0.0)
 
 
-def cover_blocks(n_boxes):
-    """(BLOCK_B, BLOCK_E) of box_cover for rows of ``n_boxes`` boxes."""
-    return triton.next_power_of_2(max(n_boxes, 1)), triton.next_power_of_2(2 * n_boxes + 2)
+def cover_blocks(n_boxes, width):
+    """(BLOCK_B, BLOCK_W) of box_cover for rows of ``n_boxes`` boxes on maps ``width`` wide."""
+    return triton.next_power_of_2(max(n_boxes, 1)), triton.next_power_of_2(width)

@@ -43,7 +43,7 @@ _PIXEL, _CHANNEL, _IXG = KIND_CODES["pixel"], KIND_CODES["channel"], KIND_CODES[
 
 
 @triton.jit
-def _row_values(src, start, offs, BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr):
+def _row_values(src, start, offs, BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr):
     """Loader (see _maps.map_chunk) of row r, src = (maps, coverage, boxes, r, HW, W, B,
     image_h, image_w, ch, cw): (A, A+, cov, valid) at pixels start + offs, cov read from the
     coverage or, when BLOCK_B > 0, computed from the boxes."""
@@ -51,7 +51,7 @@ def _row_values(src, start, offs, BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr):
     a, valid = load_map(a_ptr, r, start, offs, HW)
     if BLOCK_B > 0:
         cov = box_cover(box_ptr, r, B, start + offs, valid, W, image_h, image_w, ch, cw,
-                        BLOCK_B, BLOCK_E)
+                        BLOCK_B, BLOCK_W)
     else:
         cov = tl.load(cov_ptr + r * HW + start + offs, mask=valid, other=0.0)
     return a, relu(a), cov, valid
@@ -59,7 +59,7 @@ def _row_values(src, start, offs, BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr):
 
 @triton.jit
 def _row_stats(tile, src, offs, HW, BLOCK: tl.constexpr, ONE_TILE: tl.constexpr,
-               BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr):
+               BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr):
     """One pass over row r: (max of A+ (NaN if any), pixels at it, sum A+, sum A+ cov,
     sum cov, sum (1 - cov) A^2)."""
     mx = -float("inf")
@@ -70,7 +70,7 @@ def _row_stats(tile, src, offs, HW, BLOCK: tl.constexpr, ONE_TILE: tl.constexpr,
     q = 0.0
     for start in range(0, HW, BLOCK):
         a, ap, cov, valid = map_chunk(tile, _row_values, src, start, offs, ONE_TILE, BLOCK_B,
-                                      BLOCK_E)
+                                      BLOCK_W)
         mx, cnt = max_count(ap, valid, mx, cnt)
         s += tl.sum(ap, axis=0)
         inside += tl.sum(ap * cov, axis=0)
@@ -107,7 +107,7 @@ def _norm_upstream(ap, cov, valid, den, c, g, HW, eps, LOSS: tl.constexpr):
 
 @triton.jit
 def _row_loss(tile, src, offs, HW, stats, den, eps, LOSS: tl.constexpr, BLOCK: tl.constexpr,
-              ONE_TILE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr):
+              ONE_TILE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr):
     """The loss of row r from its _row_stats (l1 and ppce: one more pass, over Â)."""
     mx, cnt, s, inside, c, q = stats
     if LOSS == _ENERGY:
@@ -119,7 +119,7 @@ def _row_loss(tile, src, offs, HW, stats, den, eps, LOSS: tl.constexpr, BLOCK: t
         u = 0.0
         for start in range(0, HW, BLOCK):
             a, ap, cov, valid = map_chunk(tile, _row_values, src, start, offs, ONE_TILE,
-                                          BLOCK_B, BLOCK_E)
+                                          BLOCK_B, BLOCK_W)
             u += tl.sum(_norm_term(ap, cov, valid, den, eps, LOSS), axis=0)
         if LOSS == _L1:
             loss = u / HW
@@ -153,7 +153,7 @@ def _pixel_grad(a, ap, cov, valid, g, stats, den, ties, HW, eps, LOSS: tl.conste
 @triton.jit
 def _guidance_rows_kernel(a_ptr, cov_ptr, box_ptr, g_ptr, out_ptr, HW, W, B, image_h, image_w,
                           ch, cw, scale, eps, LOSS: tl.constexpr, GRAD: tl.constexpr,
-                          MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr,
+                          MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr,
                           BLOCK: tl.constexpr, ONE_TILE: tl.constexpr):
     """One program per row r. Forward: out[r] = the loss. GRAD: out[r, p] = scale * dL/dA[r, p]
     (times [A > 0] when MASK: the ReLU of the map) for upstream g[r]. Pass 1: _row_stats;
@@ -162,12 +162,12 @@ def _guidance_rows_kernel(a_ptr, cov_ptr, box_ptr, g_ptr, out_ptr, HW, W, B, ima
     r = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     src = (a_ptr, cov_ptr, box_ptr, r, HW, W, B, image_h, image_w, ch, cw)
-    tile = map_tile(_row_values, src, offs, ONE_TILE, BLOCK_B, BLOCK_E)
-    stats = _row_stats(tile, src, offs, HW, BLOCK, ONE_TILE, BLOCK_B, BLOCK_E)
+    tile = map_tile(_row_values, src, offs, ONE_TILE, BLOCK_B, BLOCK_W)
+    stats = _row_stats(tile, src, offs, HW, BLOCK, ONE_TILE, BLOCK_B, BLOCK_W)
     den = norm_den(stats[0], eps)
     if not GRAD:
         tl.store(out_ptr + r, _row_loss(tile, src, offs, HW, stats, den, eps, LOSS, BLOCK,
-                                        ONE_TILE, BLOCK_B, BLOCK_E))
+                                        ONE_TILE, BLOCK_B, BLOCK_W))
     else:
         g = tl.load(g_ptr + r)
         g_tied = 0.0
@@ -175,14 +175,14 @@ def _guidance_rows_kernel(a_ptr, cov_ptr, box_ptr, g_ptr, out_ptr, HW, W, B, ima
         if LOSS == _L1 or LOSS == _PPCE:
             for start in range(0, HW, BLOCK):
                 a, ap, cov, valid = map_chunk(tile, _row_values, src, start, offs, ONE_TILE,
-                                              BLOCK_B, BLOCK_E)
+                                              BLOCK_B, BLOCK_W)
                 up = _norm_upstream(ap, cov, valid, den, stats[4], g, HW, eps, LOSS)
                 t0, t1 = tie_sums(up, ap, valid, stats[0])
                 g_tied += t0
                 rest += t1
         for start in range(0, HW, BLOCK):
             a, ap, cov, valid = map_chunk(tile, _row_values, src, start, offs, ONE_TILE, BLOCK_B,
-                                          BLOCK_E)
+                                          BLOCK_W)
             d = _pixel_grad(a, ap, cov, valid, g, stats, den, (g_tied, rest), HW, eps, LOSS)
             if MASK:
                 d = tl.where(a <= 0, 0.0, d)
@@ -200,13 +200,13 @@ def _row_math(maps, coverage, boxes, loss, image_h, image_w, eps, scale=1.0, mas
         return out
     from_boxes = coverage.numel() == 0
     n_boxes = boxes.shape[1]
-    block_b, block_e = cover_blocks(n_boxes) if from_boxes else (0, 0)
+    block_b, block_w = cover_blocks(n_boxes, w) if from_boxes else (0, 0)
     ph = maps  # placeholder for a pointer this launch does not read
     launch_per_sample(
         _guidance_rows_kernel, r, h * w, maps, ph if from_boxes else coverage,
         boxes if from_boxes and n_boxes else ph, ph if grad is None else grad, out, h * w, w,
         n_boxes, image_h, image_w, image_h / h, image_w / w, scale, eps, LOSS=loss,
-        GRAD=grad is not None, MASK=mask, BLOCK_B=block_b, BLOCK_E=block_e)
+        GRAD=grad is not None, MASK=mask, BLOCK_B=block_b, BLOCK_W=block_w)
     return out
 
 
