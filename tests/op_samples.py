@@ -5,7 +5,8 @@ kernels, Triton ahead-of-time compiles), not at values.
 Big N x K x H x W tensors take the dtype and layout asked for; everything small (maps, weights,
 2-D grads, per-sample values) is contiguous float32, as the interface says. ``cases`` also walks
 the options that pick different kernel variants: ``positive``, the three ``kind`` codes,
-``normalize`` and ``mask_grad``, resized and same-size masks, soft-IoU with and without a mask.
+``normalize`` and ``mask_grad``, resized and same-size masks, soft-IoU with and without a mask,
+guidance_loss's kinds x losses with boxes or a coverage tensor.
 """
 from __future__ import annotations
 
@@ -49,6 +50,20 @@ def cases(dtype=torch.float32, layout="nchw", n=2, k=3, hw=(4, 5), last=(2, 3), 
                                                normalize, mask_grad, EPS)))
     out.append(("sharpen_focus_loss", (f, g, g2, fl, gl, small(n, k + 1), 1, 0.55, 100.0, 1.0,
                                        True, False, EPS)))  # a 2-D (per-channel) last gradient
+    return out + _guidance_cases(f, g, small, n, k, h, w, device)
+
+
+def _guidance_cases(f, g, small, n, k, h, w, device):
+    """guidance_loss: every kind x loss, coverage from boxes or given, 4-D and R x K grads."""
+    rows = torch.arange(n - 1, -1, -1, device=device)            # rows in reverse image order
+    boxes = torch.tensor([[[0.5, 1.0, 2.5 * h, 3.0 * w], [h, 0.0, 4.0 * h, w]]] * n,
+                         device=device)
+    cov, empty = small(n, h, w, positive=True), small(0)
+    image = (4.0 * h, 4.0 * w)
+    out = [("guidance_loss", (f, g, boxes, rows, empty if (kind + loss) % 2 else cov, kind, loss,
+                              *image, EPS)) for kind in range(4) for loss in range(4)]
+    for kind in (0, 1):  # R x K grads: pixel (plain weights), channel (gated by ReLU'(g))
+        out.append(("guidance_loss", (f, small(n, k), boxes, rows, empty, kind, 1, *image, EPS)))
     return out
 
 
