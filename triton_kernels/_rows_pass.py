@@ -19,7 +19,8 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ._common import MAP, big_autotune, big_strides, launchable, num_splits, vec_strides
-from ._reduce import channel_block_program, load_tile, load_weights, sum_splits, tile_offsets, workspace
+from ._reduce import (channel_block_program, load_tile, load_weights, sum_splits, tile_offsets,
+                      workspace)
 
 _MAP: tl.constexpr = tl.constexpr(MAP)
 
