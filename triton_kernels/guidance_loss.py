@@ -131,9 +131,9 @@ def _row_loss(tile, src, offs, HW, stats, den, eps, LOSS: tl.constexpr, BLOCK: t
 
 @triton.jit
 def _pixel_grad(a, ap, cov, valid, g, stats, den, ties, HW, eps, LOSS: tl.constexpr):
-    """dL/dA at pixels for upstream g: energy, l1, ppce through A+ = ReLU(A) ([A > 0]; l1 and
-    ppce through the normalization, ties = (sum of dL/dÂ at the max, of dL/dÂ Â below it)),
-    rrr 2 g (1 - cov) A."""
+    """dL/dA+ at pixels for upstream g (energy; l1 and ppce through the normalization, ties =
+    (sum of dL/dÂ at the max, of dL/dÂ Â below it)), or dL/dA for rrr: 2 g (1 - cov) A. The
+    ReLU of A+ (the factor [A > 0]) is the kernel's MASK."""
     mx, cnt, s, inside, c, q = stats
     if LOSS == _RRR:
         d = 2.0 * g * (1.0 - cov) * a
@@ -146,7 +146,6 @@ def _pixel_grad(a, ap, cov, valid, g, stats, den, ties, HW, eps, LOSS: tl.conste
         else:
             up = _norm_upstream(ap, cov, valid, den, c, g, HW, eps, LOSS)
             d = norm_grad(up, ap, mx, cnt, ties[0], ties[1], eps)
-        d = tl.where(a <= 0, 0.0, d)  # ReLU'(0) = 0; NaN passes, as torch
     return d
 
 
@@ -156,7 +155,8 @@ def _guidance_rows_kernel(a_ptr, cov_ptr, box_ptr, g_ptr, out_ptr, HW, W, B, ima
                           MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr,
                           BLOCK: tl.constexpr, ONE_TILE: tl.constexpr):
     """One program per row r. Forward: out[r] = the loss. GRAD: out[r, p] = scale * dL/dA[r, p]
-    (times [A > 0] when MASK: the ReLU of the map) for upstream g[r]. Pass 1: _row_stats;
+    for upstream g[r], MASK applying [A > 0] (ReLU'(0) = 0, NaN passes, as torch): the ReLU of
+    the map (pixel, channel, gradcam) or of A+ in the loss (energy, l1, ppce). Pass 1: _row_stats;
     l1 / ppce: a pass for the loss (forward) or for the normalization's tie sums (GRAD); GRAD:
     a pass that writes."""
     r = tl.program_id(0).to(tl.int64)
@@ -232,7 +232,7 @@ def guidance_loss_backward(grad: Tensor, features: Tensor, grads: Tensor, boxes:
     """(d_features like features, d_grads like grads) from the saved maps and weights."""
     k, hw = features.shape[1], features.shape[2] * features.shape[3]
     scale = 1.0 / max(k, 1) if kind == _PIXEL else 1.0
-    mask = kind != _IXG or loss != LOSS_CODES["rrr"]
+    mask = kind != _IXG or loss != LOSS_CODES["rrr"]  # rrr of the signed ixg map: no ReLU
     e = _row_math(maps, coverage, boxes, loss, image_h, image_w, eps, scale, mask, grad)
     e = e.view(maps.shape[0], hw)
     if kind not in _CHANNEL_KINDS:  # the map is sum_k w G F or, for R x K grads, sum_k g F
