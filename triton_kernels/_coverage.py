@@ -9,8 +9,8 @@ needed). A rectangle of a y band and an x band lies inside the union of the boxe
 does (y0 <= cy < y1 and x0 <= cx < x1 for some box); cell (i, j) spans [i ch, (i + 1) ch) x
 [j cw, (j + 1) cw) and its coverage is the area of the covered rectangles inside it over ch cw,
 as attnfast.reference.box_coverage (docs/SPEC.md decision 20).
-Cost per chunk of cells: O(B^3) for the covered matrix of the (2B + 2)^2 rectangles and
-O(B^2 w) for its product with the column shares, then O(B) per cell (B is small).
+Cost per chunk of cells: O(B^3) for the covered matrix of the (2B + 2)^2 rectangles, O(B^2 w)
+for its product with the column shares, then O(B) per cell (B is small).
 """
 import triton
 import triton.language as tl
@@ -55,14 +55,29 @@ def _cell_share(lo, hi, cell, step):
 
 
 @triton.jit
+def _pick(x, idx, a, AXIS: tl.constexpr):
+    """Row (AXIS 0) or column (AXIS 1) a of a matrix, or entry a of a vector (AXIS 0)."""
+    if len(x.shape) == 1:
+        v = tl.sum(tl.where(idx == a, x, 0.0), axis=0)
+    elif AXIS == 0:
+        v = tl.sum(tl.where(idx[:, None] == a, x, 0.0), axis=0)
+    else:
+        v = tl.sum(tl.where(idx[None, :] == a, x, 0.0), axis=1)
+    return v
+
+
+@triton.jit
 def box_cover(box_ptr, r, B, p, valid, W, image_h, image_w, ch, cw,
               BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr):
     """Coverage of row r's boxes at cells p = i * W + j (0 where not valid), separably:
     cov(i, j) = sum_a share_y(a, i) T(a, j), T(a, j) = sum_c covered(a, c) share_x(c, j), the
     shares being the overlaps of band a (c) with cell row i (column j) over the cell size.
-    covered (bands x bands) is built by a loop over the boxes, T once per column (BLOCK_W >= W),
-    then gathered at each cell's column. Edge vectors hold 4 BLOCK_B >= 2B + 2 entries."""
+    covered (bands x bands) is built by a loop over the boxes, T (bands x columns, BLOCK_W >= W)
+    by a loop over the x bands, then a loop over the y bands gathers T at each cell's column.
+    Nothing larger than (bands x columns) or one value per cell is held. Edge vectors hold
+    4 BLOCK_B >= 2B + 2 entries."""
     BLOCK_E: tl.constexpr = 4 * BLOCK_B
+    idx = tl.arange(0, BLOCK_E)
     ys, y_valid = _axis_edges(box_ptr, r, B, image_h, 0, BLOCK_E)
     xs, x_valid = _axis_edges(box_ptr, r, B, image_w, 1, BLOCK_E)
     ylo, yhi = _bands(ys, y_valid)
@@ -80,13 +95,17 @@ def box_cover(box_ptr, r, B, p, valid, W, image_h, image_w, ch, cw,
         in_x = (x0 <= cx) & (cx < x1)
         covered = tl.where(in_y[:, None] & in_x[None, :], 1.0, covered)
     col = tl.arange(0, BLOCK_W).to(tl.float32)
-    share_x = _cell_share(xlo[:, None], xhi[:, None], col[None, :], cw)         # (c, column)
-    t = tl.sum(covered[:, :, None] * share_x[None, :, :], axis=1)              # (a, column)
+    t = tl.zeros([BLOCK_E, BLOCK_W], tl.float32)                                # (a, column)
+    for c in range(2 * B + 2):
+        share_x = _cell_share(_pick(xlo, idx, c, 0), _pick(xhi, idx, c, 0), col, cw)
+        t += _pick(covered, idx, c, 1)[:, None] * share_x[None, :]
     j = tl.where(valid, p % W, 0)
     i = (p // W).to(tl.float32)
-    share_y = _cell_share(ylo[:, None], yhi[:, None], i[None, :], ch)          # (a, cell)
-    t_at = tl.gather(t, tl.broadcast_to(j[None, :], (BLOCK_E, j.shape[0])), 1)
-    return tl.where(valid, tl.sum(share_y * t_at, axis=0), 0.0)
+    acc = tl.zeros(p.shape, tl.float32)
+    for a in range(2 * B + 2):
+        share_y = _cell_share(_pick(ylo, idx, a, 0), _pick(yhi, idx, a, 0), i, ch)
+        acc += share_y * tl.gather(_pick(t, idx, a, 0), j, 0)
+    return tl.where(valid, acc, 0.0)
 
 
 def cover_blocks(n_boxes, width):
