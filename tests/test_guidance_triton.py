@@ -41,8 +41,8 @@ BOX_TABLE = [
 
 def _boxes(r, first=0):
     """R x 3 x 4 boxes, row i taking BOX_TABLE[(first + i) % 6]."""
-    return torch.tensor([BOX_TABLE[(first + i) % len(BOX_TABLE)] for i in range(r)],
-                        device=DEVICE)
+    rows = [BOX_TABLE[(first + i) % len(BOX_TABLE)] for i in range(r)]
+    return torch.tensor(rows, device=DEVICE).view(r, 3, 4)
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def tiles(monkeypatch):
             monkeypatch.setattr(common, "MAP_TILE", tile)
         if split:
             monkeypatch.setitem(common.TUNING, "target_programs", 256)
-            monkeypatch.setitem(common.TUNING, "min_chunk", 2)
+            monkeypatch.setitem(common.TUNING, "min_chunk", 4)
         return common
     return set_knobs
 
@@ -125,10 +125,11 @@ def test_layouts(kind, fmts):
 
 
 @pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("kind", ["pixel", "gradcam", "ixg"])
+@pytest.mark.parametrize("kind", ["gradcam", "ixg"])
 def test_chunked_maps_and_split_reductions(kind, loss, tiles):
     """Maps of 6 x 7 = 42 pixels walked in chunks of 8 (coverage recomputed per chunk), the
-    channel sums and the backward's pixel sums split over programs (partial sums)."""
+    channel sums and the backward's pixel sums split over programs (partial sums); gradcam
+    takes the weights path of the backward, ixg the pixel-wise one (pixel's is the same)."""
     tiles(tile=8, split=True)
     f, g, rows = _inputs(kind, shape=(N, 9, 6, 7))
     _check(kind, loss, f, g, rows, image=(23, 30))
@@ -269,8 +270,10 @@ def test_nan_lands_where_eager_puts_it(kind, loss, which):
     """docs/SPEC.md decision 15: a NaN in F (image 0, used by rows 0 and 2) or in G (row 1)
     reaches exactly the outputs and gradients eager autograd of the reference carries it to."""
     f, g, rows = _inputs(kind)
-    t = f if which == "features" else g
-    t.view(-1)[7] = float("nan")
+    if which == "features":
+        f[0, 1, 1, 2] = float("nan")
+    else:
+        g[1, 1, 1, 2] = float("nan")
     check_rule("triton", _op(kind, loss, _boxes(len(ROWS)), rows), [f, g])
 
 
