@@ -4,9 +4,9 @@ them, one module per op name; the four small map ops have one module each as wel
 launchers only: attnfast.ops validates arguments and registers autograd.
 """
 from . import (attention_consistency, channel_spatial_attention, channel_weights, ggam_loss,
-               normalize_attention, pixel_attention, sharpen_focus_loss, soft_iou, soft_mask,
-               weighted_attention)
+               guidance_loss, normalize_attention, pixel_attention, sharpen_focus_loss,
+               soft_iou, soft_mask, weighted_attention)
 
 __all__ = ["attention_consistency", "channel_spatial_attention", "channel_weights", "ggam_loss",
-           "normalize_attention", "pixel_attention", "sharpen_focus_loss", "soft_iou",
-           "soft_mask", "weighted_attention"]
+           "guidance_loss", "normalize_attention", "pixel_attention", "sharpen_focus_loss",
+           "soft_iou", "soft_mask", "weighted_attention"]

@@ -19,10 +19,13 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
-from ._common import (MAP, NONE, RELU_VEC, acc_dtype, big_autotune, big_strides, launchable,
+from attnfast._schema import KIND_NAMES, map_form
+
+from ._common import (MAP, NONE, RELU_VEC, VEC, acc_dtype, big_autotune, big_strides, launchable,
                       num_splits, shared_layout, vec_strides)
 from ._reduce import (channel_block_program, load_tile, load_weights, offsets_like, relu,
                       sum_splits, workspace)
+from ._weights_pass import channel_means
 
 _MAP: tl.constexpr = tl.constexpr(MAP)
 _NONE: tl.constexpr = tl.constexpr(NONE)
@@ -37,6 +40,26 @@ class Side(NamedTuple):
 
     def strides(self):
         return big_strides(self.x) if self.mode == MAP else vec_strides(self.x)
+
+    def weights(self, dtype):
+        """The per-channel weights w of a (RELU_)VEC side (ReLU applied for RELU_VEC), a new
+        tensor (an op's output must not alias its input)."""
+        return self.x.to(dtype).relu() if self.mode == RELU_VEC else self.x.to(dtype, copy=True)
+
+
+def kind_side(features, grads, kind, weights=None):
+    """The side that makes the attention map of ``kind`` (attnfast._schema.KIND_CODES) from
+    ``grads`` (4-D, or N x K constant over pixels): pixel (1/K) sum_k G F, ixg sum_k G F, channel
+    sum_k mean_p(ReLU G) F, gradcam sum_k mean_p(G) F (activation not included). ``weights``:
+    the channel means of a 4-D ``grads`` when already known (a backward)."""
+    form = map_form(KIND_NAMES[kind])  # the kind table's second column
+    if form in (None, "sum"):
+        scale = 1.0 / max(features.shape[1], 1) if form is None else 1.0
+        return Side(grads, MAP if grads.dim() == 4 else VEC, scale)
+    positive = form == "positive"
+    if grads.dim() == 4:
+        return Side(channel_means(grads, positive) if weights is None else weights, VEC)
+    return Side(grads, RELU_VEC if positive else VEC)
 
 
 @triton.jit
@@ -68,19 +91,23 @@ def _store_map(acc, out_ptr, scale, n, s, nsplit, p, pmask, HW,
 
 @big_autotune(key=["K", "HW", "f_sk", "f_sp", "T_MODE", "C_MODE"])
 @triton.jit
-def _attention_maps_kernel(f_ptr, f_sn, f_sk, f_sp,
+def _attention_maps_kernel(f_ptr, f_sn, f_sk, f_sp, f_rows,
                            t_ptr, t_sn, t_sk, t_sp, t_scale, t_out,
                            c_ptr, c_sn, c_sk, c_sp, c_scale, c_out,
                            K, HW, k_chunk,
                            T_MODE: tl.constexpr, C_MODE: tl.constexpr, RELU: tl.constexpr,
-                           PARTIAL: tl.constexpr, SHARED: tl.constexpr,
+                           PARTIAL: tl.constexpr, SHARED: tl.constexpr, GATHER: tl.constexpr,
                            BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr):
     """Maps of one or two sides (C_MODE NONE: one): program (n, pixel block) x channel split s
-    sums channels [s * k_chunk, (s + 1) * k_chunk) of F * X_side, float32 accumulation."""
+    sums channels [s * k_chunk, (s + 1) * k_chunk) of F * X_side, float32 accumulation.
+    GATHER: map n reads F[f_rows[n]] (and X[n]); else F[n]."""
     pid = tl.program_id(0)
     s = tl.program_id(1)
     num_pblk = tl.cdiv(HW, BLOCK_P)
     n = (pid // num_pblk).to(tl.int64)
+    nf = n
+    if GATHER:
+        nf = tl.load(f_rows + n)
     p = (pid % num_pblk) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < HW
     k_lo = s * k_chunk
@@ -90,7 +117,7 @@ def _attention_maps_kernel(f_ptr, f_sn, f_sk, f_sp,
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         kmask = k < k_hi
-        mask, off, f = load_tile(f_ptr, f_sn, f_sk, f_sp, n, k, kmask, p, pmask)
+        mask, off, f = load_tile(f_ptr, f_sn, f_sk, f_sp, nf, k, kmask, p, pmask)
         acc_t += _times_side(f, off, t_ptr, t_sn, t_sk, t_sp, n, k, p, mask, kmask, T_MODE, SHARED)
         if C_MODE != _NONE:
             acc_c += _times_side(f, off, c_ptr, c_sn, c_sk, c_sp, n, k, p, mask, kmask, C_MODE,
@@ -101,13 +128,15 @@ def _attention_maps_kernel(f_ptr, f_sn, f_sk, f_sp,
         _store_map(acc_c, c_out, c_scale, n, s, nsplit, p, pmask, HW, RELU, PARTIAL)
 
 
-def attention_maps(features, sides, relu=True):
+def attention_maps(features, sides, relu=True, rows=None):
     """One N x H x W map (float32; float64 for float64 F) per side, in one read of F.
 
     m[n,p] = act(scale * sum_k F[n,k,p] X_side), act = ReLU if ``relu`` else identity.
+    ``rows`` (R int64 image indices, optional): R maps, map r from F[rows[r]] and X_side[r].
     Small batches split the channel sum over programs (deterministic second step).
     """
-    n, k, h, w = features.shape
+    _, k, h, w = features.shape
+    n = features.shape[0] if rows is None else rows.shape[0]
     hw = h * w
     maps = [torch.empty(n, h, w, device=features.device, dtype=acc_dtype(features))
             for _ in sides]
@@ -119,12 +148,13 @@ def attention_maps(features, sides, relu=True):
     c = sides[1] if len(sides) > 1 else Side(t.x, NONE)
     grid = lambda meta: (n * triton.cdiv(hw, meta["BLOCK_P"]), nsplit)  # noqa: E731
     wrap_triton(_attention_maps_kernel)[grid](
-        features, *big_strides(features),
+        features, *big_strides(features), features if rows is None else rows,
         t.x, *t.strides(), t.scale, outs[0],
         c.x, *c.strides(), c.scale, outs[-1],
         k, hw, triton.cdiv(k, nsplit),
         T_MODE=t.mode, C_MODE=c.mode, RELU=relu, PARTIAL=nsplit > 1,
-        SHARED=shared_layout(features, *[sd.x for sd in sides if sd.mode == MAP]))
+        SHARED=rows is None and shared_layout(features, *[sd.x for sd in sides if sd.mode == MAP]),
+        GATHER=rows is not None)
     if nsplit > 1:
         for part, side, out in zip(outs, sides, maps):
             sum_splits(part, out.view(n, hw), side.scale, 1 if relu else 0)

@@ -24,11 +24,11 @@ from torch.library import wrap_triton
 
 from attnfast._schema import KIND_NAMES, positive_weights
 
-from ._attention_pass import Side, attention_grads, attention_maps
-from ._common import MAP, RELU_VEC, VEC, launchable, map_block, register
+from ._attention_pass import attention_grads, attention_maps, kind_side
+from ._common import launchable, map_block, register
 from ._maps import (consistency_grads, iou_grads, load_map, map_chunk, map_tile, mask_at,
                     max_count, nan_min, norm_den, norm_grad, resize_args, sigmoid_mask, tie_sums)
-from ._weights_pass import channel_means, spread_weights
+from ._weights_pass import spread_weights
 from .normalize_attention import normalize_grad
 
 
@@ -262,32 +262,20 @@ def _positive(kind):
     return positive_weights(KIND_NAMES[kind])
 
 
-def _side(features, grads, kind, weights=None):
-    """The side of the pass over F that makes the attention map of ``grads`` (4-D or N x K);
-    ``weights``: the channel means of a 4-D ``grads`` when already known (the backward)."""
-    positive = _positive(kind)
-    if positive is None:
-        return Side(grads, MAP if grads.dim() == 4 else VEC, 1.0 / max(features.shape[1], 1))
-    if grads.dim() == 4:
-        return Side(channel_means(grads, positive) if weights is None else weights, VEC)
-    return Side(grads, RELU_VEC if positive else VEC)
-
-
 def _layer_maps(features, grads_t, grads_c, kind):
     """(maps 2 x N x H x W, weights 2 x N x K (2 x N x 0 for the pixel kind)) of a layer: both
     raw attention maps in one pass over F, and the channel weights they were built from."""
-    sides = [_side(features, g, kind) for g in (grads_t, grads_c)]
+    sides = [kind_side(features, g, kind) for g in (grads_t, grads_c)]
     maps = torch.stack(attention_maps(features, sides))
     if _positive(kind) is None:
         return maps, maps.new_empty((2, features.shape[0], 0))
-    return maps, torch.stack([sd.x.to(maps.dtype).relu() if sd.mode == RELU_VEC else
-                              sd.x.to(maps.dtype) for sd in sides])
+    return maps, torch.stack([sd.weights(maps.dtype) for sd in sides])
 
 
 def _layer_grads(features, grads_t, grads_c, kind, maps, weights, dmaps):
     """(dF, dG_t, dG_c) of a layer from its saved maps and weights and dL/dx_t, dL/dx_c, in one
     pass over F."""
-    sides = [_side(features, g, kind, w) for g, w in zip((grads_t, grads_c), weights)]
+    sides = [kind_side(features, g, kind, w) for g, w in zip((grads_t, grads_c), weights)]
     dfeat, dsides = attention_grads(features, sides, dmaps, maps)
     hw = features.shape[2] * features.shape[3]
     positive = _positive(kind)
