@@ -29,4 +29,6 @@ def test_use_section_runs_as_written():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
     assert ns["A"].shape == (8, 32, 32) and ns["D"].shape == ns["F_last"].shape
     assert any(k.startswith("attention.") for k in ns["state"])
+    assert set(ns["step"].parts) == {"layer2", "layer3"} and ns["step"].rows[0].tolist() == [0, 1]
+    assert ns["epg"].shape == (8,) and ((ns["epg"] >= 0) & (ns["epg"] <= 1)).all()
 
