@@ -10,6 +10,7 @@ switched on before Triton is imported: done here (and in conftest, which imports
 skip. Test modules import from here (and from the data modules ``op_samples``, ``shapes`` and
 ``boundaries``), never from each other or from conftest; fixtures live in conftest.
 """
+import math
 import os
 
 import pytest
@@ -244,3 +245,83 @@ TRAIN_TINY = ["--data", "synthetic", "--train-size", "32", "--test-size", "16", 
               "0", "--no-progress", "--seeds", "1", "--eval-every", "1"]
 LOCATED_DATA = ["--data", "located-digits", "--image-size", "32", "--train-size", "48",
                 "--test-size", "24"]
+
+
+# ------------------------------------------------------------------ the NaN rule (decision 15)
+def _run_with_grads(backend, fn, inputs):
+    """Outputs and input gradients (zeros where unused) of ``fn`` on ``backend`` for a seeded
+    random upstream gradient."""
+    xs = [x.detach().clone().requires_grad_(True) for x in inputs]
+    with attnfast.use_backend(backend):
+        outs = fn(*xs)
+    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+    g = torch.Generator().manual_seed(99)
+    ups = [torch.randn(o.shape, generator=g).to(o) for o in outs]
+    pairs = [(o, u) for o, u in zip(outs, ups) if o.requires_grad]
+    grads = torch.autograd.grad([o for o, _ in pairs], xs, [u for _, u in pairs],
+                                allow_unused=True)
+    grads = [torch.zeros_like(x) if gr is None else gr for gr, x in zip(grads, xs)]
+    return [o.detach() for o in outs], grads
+
+
+def same_function(name, got, want, rtol=2e-4, atol=2e-5):
+    """Same NaN / +Inf / -Inf positions; finite entries |got - want| <= atol + rtol |want|."""
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    g, w = got.detach().double().cpu(), want.detach().double().cpu()
+    classes = {"NaN": torch.isnan, "+Inf": lambda x: x == math.inf, "-Inf": lambda x: x == -math.inf}
+    for what, test in classes.items():
+        diff = test(g) != test(w)
+        if diff.any():
+            at = [tuple(i) for i in diff.nonzero()[:6].tolist()]
+            raise AssertionError(f"{name}: {what} positions differ at {at}: got "
+                                 f"{[g[i].item() for i in at]}, eager {[w[i].item() for i in at]}")
+    fin = torch.isfinite(w)
+    bad = fin & ~((g - w).abs() <= atol + rtol * w.abs())
+    if bad.any():
+        at = [tuple(i) for i in bad.nonzero()[:6].tolist()]
+        raise AssertionError(f"{name}: finite values differ at {at}: got "
+                             f"{[g[i].item() for i in at]}, eager {[w[i].item() for i in at]}")
+
+
+def check_rule(backend, fn, inputs):
+    """docs/SPEC.md decision 15: ``fn`` on ``backend`` is the function eager autograd computes,
+    NaN / Inf positions included, outputs and input gradients."""
+    require(backend)
+    outs, grads = _run_with_grads(backend, fn, inputs)
+    want_outs, want_grads = _run_with_grads("torch", fn, inputs)
+    for i, (o, w) in enumerate(zip(outs, want_outs)):
+        same_function(f"{backend} output {i}", o, w)
+    for i, (gr, w) in enumerate(zip(grads, want_grads)):
+        same_function(f"{backend} gradient of input {i}", gr, w)
+
+
+# ------------------------------------------------------------------ the torchvision lane
+def torchvision_error():
+    """None when torchvision imports here, else why not (ImportError, or a torch / torchvision
+    mismatch raising at import): the file-based data tests run in CI lane 2 only."""
+    try:
+        import torchvision  # noqa: F401  (imported to see whether it can be)
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def needs_torchvision():
+    """The ``pytestmark`` of a module that needs torchvision: a skip that says why."""
+    error = torchvision_error()
+    return pytest.mark.skipif(error is not None, reason=f"torchvision unavailable ({error})")
+
+
+COLOURS = [(220, 30, 30), (30, 200, 40), (40, 50, 230), (230, 220, 40)]
+
+
+def jpeg(path, colour, seed, size=(40, 30)):
+    """A JPEG of ``size`` (W, H) in ``colour`` with a little seeded noise."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour)[None, None] + rng.integers(-8, 9, (size[1], size[0], 3)),
+                     0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=95)
+

@@ -13,26 +13,10 @@ import json
 import pytest
 import torch
 
-try:
-    import torchvision  # noqa: F401
-    TV_ERROR = None
-except Exception as e:  # ImportError, or a torch/torchvision mismatch raising at import
-    TV_ERROR = f"{type(e).__name__}: {e}"
+from helpers import COLOURS, jpeg, needs_torchvision
 
-pytestmark = pytest.mark.skipif(TV_ERROR is not None,
-                                reason=f"torchvision unavailable ({TV_ERROR})")
+pytestmark = needs_torchvision()
 
-COLOURS = [(220, 30, 30), (30, 200, 40), (40, 50, 230), (230, 220, 40)]
-
-
-def jpeg(path, colour, seed, size=(40, 30)):
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    pixels = np.clip(np.array(colour)[None, None] + rng.integers(-8, 9, (size[1], size[0], 3)),
-                     0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, quality=95)
 
 
 def labels_by_colour(dataset, size):

@@ -16,8 +16,7 @@ import torch
 
 import attnfast
 from attnfast import reference as ref
-from conftest import BACKENDS, DEVICE, big, check, close, kink_free, require
-from test_nan_rule import check_rule
+from helpers import BACKENDS, DEVICE, big, check, check_rule, close, kink_free, require
 
 pytestmark = pytest.mark.skipif("triton" not in BACKENDS, reason="triton is not tested here")
 

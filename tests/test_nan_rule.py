@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import attnfast
-from helpers import BACKENDS, DEVICE, INTERPRETED, require
+from helpers import BACKENDS, DEVICE, INTERPRETED, check_rule
 
 NAN, INF = float("nan"), float("inf")
 N, K, H, W = 2, 3, 4, 5
@@ -37,49 +37,6 @@ def _planted(t, flat_index, value):
     t = t.clone()
     t.view(-1)[flat_index] = value
     return t
-
-
-def _run(backend, fn, inputs):
-    xs = [x.detach().clone().requires_grad_(True) for x in inputs]
-    with attnfast.use_backend(backend):
-        outs = fn(*xs)
-    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
-    g = torch.Generator().manual_seed(99)
-    ups = [torch.randn(o.shape, generator=g).to(o) for o in outs]
-    pairs = [(o, u) for o, u in zip(outs, ups) if o.requires_grad]
-    grads = torch.autograd.grad([o for o, _ in pairs], xs, [u for _, u in pairs],
-                                allow_unused=True)
-    grads = [torch.zeros_like(x) if gr is None else gr for gr, x in zip(grads, xs)]
-    return [o.detach() for o in outs], grads
-
-
-def same_function(name, got, want, rtol=2e-4, atol=2e-5):
-    """Same NaN / +Inf / -Inf positions; finite entries |got - want| <= atol + rtol |want|."""
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    g, w = got.detach().double().cpu(), want.detach().double().cpu()
-    classes = {"NaN": torch.isnan, "+Inf": lambda x: x == INF, "-Inf": lambda x: x == -INF}
-    for what, test in classes.items():
-        diff = test(g) != test(w)
-        if diff.any():
-            at = [tuple(i) for i in diff.nonzero()[:6].tolist()]
-            raise AssertionError(f"{name}: {what} positions differ at {at}: got "
-                                 f"{[g[i].item() for i in at]}, eager {[w[i].item() for i in at]}")
-    fin = torch.isfinite(w)
-    bad = fin & ~((g - w).abs() <= atol + rtol * w.abs())
-    if bad.any():
-        at = [tuple(i) for i in bad.nonzero()[:6].tolist()]
-        raise AssertionError(f"{name}: finite values differ at {at}: got "
-                             f"{[g[i].item() for i in at]}, eager {[w[i].item() for i in at]}")
-
-
-def check_rule(backend, fn, inputs):
-    require(backend)
-    outs, grads = _run(backend, fn, inputs)
-    want_outs, want_grads = _run("torch", fn, inputs)
-    for i, (o, w) in enumerate(zip(outs, want_outs)):
-        same_function(f"{backend} output {i}", o, w)
-    for i, (gr, w) in enumerate(zip(grads, want_grads)):
-        same_function(f"{backend} gradient of input {i}", gr, w)
 
 
 # Every compiled backend, and the Triton per-sample programs also in chunks of 8 pixels (the

@@ -6,14 +6,11 @@ equal features (same pooled conv features, eval mode) and a new head."""
 import pytest
 import torch
 
-try:
-    import torchvision
-    TV_ERROR = None
-except Exception as e:  # ImportError, or a torch/torchvision mismatch raising at import
-    TV_ERROR = f"{type(e).__name__}: {e}"
+from helpers import needs_torchvision, torchvision_error
 
-pytestmark = pytest.mark.skipif(TV_ERROR is not None,
-                                reason=f"torchvision unavailable ({TV_ERROR})")
+pytestmark = needs_torchvision()
+if torchvision_error() is None:
+    import torchvision
 
 
 def test_hub_file_table_matches_torchvision():
