@@ -98,27 +98,32 @@ def time_op(label, shape, flat, cfg, image=224):
 
 
 def time_steps(cfg, quick):
-    """One SGD step of a ResNet-18 (CIFAR stem, 10 classes, 32 images of 64 x 64): baseline vs
-    guidance of layer4 (energy, Grad-CAM, every image boxed), first and second order."""
+    """One SGD step of a ResNet-18 (10 classes, 32 images of 64 x 64): baseline vs guidance
+    (energy, Grad-CAM, every image boxed) of layer4 (the last: its class-score gradient passes
+    through GAP + fc only) and of layer3 + layer4 (the gradient and, second order, the double
+    backward pass through layer4), first and second order."""
     torch.manual_seed(0)
     n, size = (8, 32) if quick else (32, 64)
     model = models.create("resnet18", 10, 3)
     x, y = torch.randn(n, 3, size, size), torch.randint(0, 10, (n,))
     boxes = torch.tensor([[4, 4, size // 2 + 8, size // 2 + 4]] * n).float()
-    wrappers = {order: attnfast.Guidance(model, "layer4", second_order=order == "second")
-                for order in ("first", "second")}
+    variants = {"layer4, first order": ("layer4", False), "layer4, second order": ("layer4", True),
+                "layer3+4, first order": (["layer3", "layer4"], False),
+                "layer3+4, second order": (["layer3", "layer4"], True)}
+    wrappers = {name: attnfast.Guidance(model, layers, second_order=second)
+                for name, (layers, second) in variants.items()}
 
     def baseline(_):
         nnf.cross_entropy(model(x), y).backward()
 
-    def guided(order):
+    def guided(name):
         def run(_):
-            wrappers[order](x, y, boxes).loss.backward()
+            wrappers[name](x, y, boxes).loss.backward()
         return run
 
     prep = lambda i: model.zero_grad(set_to_none=True)  # noqa: E731
-    entries = [Timed("baseline", prep, baseline), Timed("guidance first order", prep, guided("first")),
-               Timed("guidance second order", prep, guided("second"))]
+    entries = [Timed("baseline", prep, baseline),
+               *(Timed(f"guidance {name}", prep, guided(name)) for name in variants)]
     time_interleaved(entries, 1, cfg.train_warmup, cfg.train_repeats, "cpu")
     for w in wrappers.values():
         w.remove()
