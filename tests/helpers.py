@@ -48,17 +48,17 @@ def require(backend):
     pytest.skip(msg)
 
 
-def small(backend):
+def use_small_shapes(backend):
     """Interpreted Triton is slow: such tests use only the small shapes."""
     return backend == "triton" and INTERPRETED
 
 
-def cases(shapes, small_shapes, *, all_dtypes=True):
+def backend_params(shapes, small_shapes, *, all_dtypes=True):
     """pytest params (backend, dtype, shape): every backend x its dtypes x shapes."""
     out = []
     for b in BACKENDS:
         for dt in (dtypes(b) if all_dtypes else dtypes(b)[:1]):
-            for s in (small_shapes if small(b) else shapes):
+            for s in (small_shapes if use_small_shapes(b) else shapes):
                 out.append(pytest.param(b, dt, s, id=f"{b}-{str(dt)[6:]}-{_sid(s)}"))
     return out
 

@@ -4,10 +4,10 @@ public call (``PUBLIC``) that takes the same arguments through ``attnfast.<op>``
 needs "each op once" takes it from here (registration, opcheck, backward contract, fake kernels,
 Triton ahead-of-time compiles, the emulated CUDA backend, N = 0, non-finite and empty inputs);
 ``tests/test_op_samples.py`` checks that every op of ``_schema.OPS`` has its entries here and
-in ``tests/boundaries.py``. Adding an op = adding its lines to ``cases`` and ``PUBLIC``.
+in ``tests/boundaries.py``. Adding an op = adding its lines to ``op_sample_calls`` and ``PUBLIC``.
 
 Big N x K x H x W tensors take the dtype and layout asked for; everything small (maps, weights,
-2-D grads, per-sample values) is contiguous float32, as the interface says. ``cases`` also walks
+2-D grads, per-sample values) is contiguous float32, as the interface says. ``op_sample_calls`` also walks
 the options that pick different kernel variants: ``positive``, the three ``kind`` codes,
 ``normalize`` and ``mask_grad``, resized and same-size masks, soft-IoU with and without a mask,
 ``guidance_loss``'s four kinds and losses with computed and given coverage.
@@ -24,7 +24,7 @@ from attnfast._schema import KIND_CODES, LOSS_CODES, OPS
 EPS = 1e-6
 
 
-def cases(dtype=torch.float32, layout="nchw", n=2, k=3, hw=(4, 5), last=(2, 3), device="cpu"):
+def op_sample_calls(dtype=torch.float32, layout="nchw", n=2, k=3, hw=(4, 5), last=(2, 3), device="cpu"):
     """(op name, forward arguments) pairs covering every op and its kernel-selecting options."""
     gen = torch.Generator().manual_seed(0)
 
@@ -71,8 +71,8 @@ def cases(dtype=torch.float32, layout="nchw", n=2, k=3, hw=(4, 5), last=(2, 3), 
 
 
 def sample(name, **kw):
-    """The first forward arguments of ``name`` in ``cases(**kw)``."""
-    return next(args for op, args in cases(**kw) if op == name)
+    """The first forward arguments of ``name`` in ``op_sample_calls(**kw)``."""
+    return next(args for op, args in op_sample_calls(**kw) if op == name)
 
 
 _KIND = {code: kind for kind, code in KIND_CODES.items()}
@@ -249,9 +249,9 @@ def check_mask_grad_contract(backend, size=((8, 8), (4, 4))):
 
 
 def call_every_op(n, dtype=torch.float32, fill=None, device="cpu"):
-    """Call every op (every case of ``cases``, through the public functions) on inputs with
+    """Call every op (every case of ``op_sample_calls``, through the public functions) on inputs with
     batch n, optionally all set to ``fill``; returns (all outputs, the inputs)."""
-    samples = cases(dtype, n=n, device=device)
+    samples = op_sample_calls(dtype, n=n, device=device)
     inputs = list({id(x): x for name, args in samples
                    for x, d in zip(args, _differentiable(name, args)) if d}.values())
     for x in inputs:

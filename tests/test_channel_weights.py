@@ -3,13 +3,13 @@ import pytest
 import torch
 
 import attnfast
-from helpers import DEVICE, big, cases, check, kink_free, pre_activation
+from helpers import DEVICE, big, backend_params, check, kink_free, pre_activation
 from shapes import BIG, BIG_SMALL, FORMATS
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("positive", [True, False])
-@pytest.mark.parametrize("backend,dtype,shape", cases(BIG, BIG_SMALL))
+@pytest.mark.parametrize("backend,dtype,shape", backend_params(BIG, BIG_SMALL))
 def test_channel_weights(backend, dtype, shape, fmt, positive):
     g = big(shape, dtype, fmt)
     (w,) = check(lambda g: attnfast.channel_weights(g, positive=positive), [g], backend)
@@ -17,7 +17,7 @@ def test_channel_weights(backend, dtype, shape, fmt, positive):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("backend,dtype,shape", cases(BIG, BIG_SMALL))
+@pytest.mark.parametrize("backend,dtype,shape", backend_params(BIG, BIG_SMALL))
 def test_weighted_attention(backend, dtype, shape, fmt):
     f, w = kink_free(lambda: (big(shape, dtype, fmt), torch.randn(shape[:2], device=DEVICE)),
                      lambda f, w: torch.einsum("nkhw,nk->nhw", f, w))
@@ -26,7 +26,7 @@ def test_weighted_attention(backend, dtype, shape, fmt):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("positive", [True, False])
-@pytest.mark.parametrize("backend,dtype,shape", cases(BIG, BIG_SMALL))
+@pytest.mark.parametrize("backend,dtype,shape", backend_params(BIG, BIG_SMALL))
 def test_channel_attention(backend, dtype, shape, fmt, positive):
     kind = "channel" if positive else "gradcam"
     f, g = kink_free(lambda: (big(shape, dtype, fmt), big(shape, dtype, fmt)),

@@ -25,7 +25,7 @@ import torch
 import attnfast
 from attnfast import _build, _compat
 from attnfast._schema import FORWARD_OPS, SCHEMAS
-from op_samples import backward_args, cases
+from op_samples import backward_args, op_sample_calls
 
 REQUIRED = "cuda-build" in os.environ.get("ATTNFAST_REQUIRE", "").split(",")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -77,7 +77,7 @@ def _meta(t):
 def test_fake_kernels_match_the_real_ones_on_cuda_tensors(dtype, layout):
     ops = torch.ops.attnfast
     checked, wrong = set(), []
-    for name, args in cases(dtype, layout):
+    for name, args in op_sample_calls(dtype, layout):
         real = getattr(ops, name)(*args)
         bargs = backward_args(name, args, real)
         pairs = [(name, args, real), (f"{name}_backward", bargs,
@@ -115,7 +115,7 @@ def _every_op(f, g, g2, fl, gl, gl2, w, s, a, b, m):
 
 
 def _fake_inputs(dtype, layout):
-    big = [x for x in cases(dtype, layout) if x[0] == "sharpen_focus_loss"][0][1][:6]
+    big = [x for x in op_sample_calls(dtype, layout) if x[0] == "sharpen_focus_loss"][0][1][:6]
     a, b, m = (torch.rand(2, 4, 5) for _ in range(3))
     return [_fake_cuda(x) for x in (*big, torch.randn(2, 3), torch.rand(2, 3) + 0.1, a, b, m)]
 

@@ -7,7 +7,7 @@ the float64 reference through the public ops by ``helpers.check``, on the per-op
 backends. What this proves and what only a GPU can: docs/CUDA_EMULATION.md.
 
 Generic over ``attnfast._schema.OPS``: a test fails for an op without a registered emulated
-kernel, and every op runs every case of ``op_samples.cases`` at the sizes of ``SIZES``
+kernel, and every op runs every case of ``op_samples.op_sample_calls`` at the sizes of ``SIZES``
 (float32 / float16 / bfloat16 storage, NCHW and channels_last, an odd size, the 1 x 1 map,
 H = 1 < W and W = 1 < H, inner and last maps of equal H and different W, large sizes: several
 tiles, split passes, the fused loss's global-memory path), the boundary table, and thread-order
@@ -35,7 +35,7 @@ from attnfast._compat import has_kernel
 from attnfast._schema import KIND_CODES, LOSS_CODES, OPS, SCHEMAS
 from boundaries import TABLE, dtypes_for, run
 from helpers import DEVICE, REQUIRED, big, check, kink_free, pre_activation, require
-from op_samples import (cases, check_backward_contract, check_mask_grad_contract,
+from op_samples import (op_sample_calls, check_backward_contract, check_mask_grad_contract,
                         check_per_channel_equals_broadcast, call_every_op, public)
 
 HERE = Path(__file__).resolve().parent
@@ -47,7 +47,7 @@ B = emu_ext.BACKEND
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 FMTS = ["nchw", "channels_last"]
 KINDS = ["pixel", "channel", "gradcam"]
-# op_samples.cases sizes: n, k (inner channels; the last layer has k + 1), hw (inner / map
+# op_samples.op_sample_calls sizes: n, k (inner channels; the last layer has k + 1), hw (inner / map
 # H x W), last (last-layer H x W). Odd K and H x W; the 1 x 1 map (N = 6, so that some
 # samples' maps are non-zero after the ReLU); H = 1 < W and W = 1 < H, where the host layer's
 # stride selection decides; equal H and different W of the fused loss's two layers; several
@@ -176,9 +176,9 @@ def _params():
 
 @pytest.mark.parametrize("name,dtype,fmt,size", _params())
 def test_op_matches_reference(name, dtype, fmt, size):
-    """Every case of the op in op_samples.cases, forward and backward, against float64."""
+    """Every case of the op in op_samples.op_sample_calls, forward and backward, against float64."""
     torch.manual_seed(0)
-    for op, args in cases(dtype, fmt, **(SF_SIZES if name == "sharpen_focus_loss" else
+    for op, args in op_sample_calls(dtype, fmt, **(SF_SIZES if name == "sharpen_focus_loss" else
                                          SIZES)[size]):
         if op != name or (op == "sharpen_focus_loss" and args[10] is False):
             continue  # (normalize, mask_grad) = (False, False): test_sharpen_focus_options

@@ -6,12 +6,12 @@ import torch
 import attnfast
 from attnfast import reference
 from attnfast.ggam import ChannelSpatialAttention, guide_logits
-from helpers import BACKENDS, DEVICE, big, cases, check, require
+from helpers import BACKENDS, DEVICE, big, backend_params, check, require
 from shapes import BIG, BIG_SMALL, FORMATS
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("backend,dtype,shape", cases(BIG, BIG_SMALL))
+@pytest.mark.parametrize("backend,dtype,shape", backend_params(BIG, BIG_SMALL))
 def test_channel_spatial_attention(backend, dtype, shape, fmt):
     a = big(shape, dtype, fmt).abs()  # post-ReLU features, as in a CNN
     acc = torch.float64 if dtype == torch.float64 else torch.float32  # as the module's S:
@@ -32,7 +32,7 @@ def test_channel_spatial_attention(backend, dtype, shape, fmt):
         assert d.stride() == a.stride(), "D must come back in the input's layout"
 
 
-@pytest.mark.parametrize("backend,dtype,shape", cases([(1, 1), (5, 3), (64, 273), (8, 2048)],
+@pytest.mark.parametrize("backend,dtype,shape", backend_params([(1, 1), (5, 3), (64, 273), (8, 2048)],
                                                       [(1, 1), (3, 17)]))
 def test_ggam_loss(backend, dtype, shape):
     s = torch.rand(shape, device=DEVICE).to(dtype) * 0.98 + 0.01

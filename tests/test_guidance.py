@@ -8,7 +8,7 @@ import torch
 
 import attnfast
 from attnfast import reference
-from helpers import BACKENDS, DEVICE, big, cases, check, kink_free, require
+from helpers import BACKENDS, DEVICE, big, backend_params, check, kink_free, require
 
 EPS = 1e-6
 KINDS = ("gradcam", "ixg", "pixel", "channel")
@@ -125,9 +125,9 @@ SHAPES_SMALL = [(3, 5, 4, 6), (2, 3, 1, 5)]
 
 
 def compiled_cases(shapes, *, all_dtypes=True):
-    """``cases`` without the interpreted Triton backend: tests/test_guidance_triton.py runs every
+    """``backend_params`` without the interpreted Triton backend: tests/test_guidance_triton.py runs every
     kind x loss, layout and per-channel case of it (the interpreter is slow; CI time)."""
-    return [p for p in cases(shapes, shapes, all_dtypes=all_dtypes)
+    return [p for p in backend_params(shapes, shapes, all_dtypes=all_dtypes)
             if not (p.values[0] == "triton" and DEVICE == "cpu")]
 
 

@@ -9,7 +9,7 @@ import torch
 import attnfast
 from attnfast._schema import OPS
 from helpers import BACKENDS, DEVICE, require
-from op_samples import PUBLIC, cases
+from op_samples import PUBLIC, op_sample_calls
 
 B = BACKENDS + ["torch"]
 
@@ -19,7 +19,7 @@ def _empty_map_calls(hw):
     maps are ``hw``, where some input map is empty."""
     out = []
     for where in ("hw", "last"):
-        for name, args in cases(n=2, device=DEVICE, **{where: hw}):
+        for name, args in op_sample_calls(n=2, device=DEVICE, **{where: hw}):
             if any(isinstance(x, torch.Tensor) and x.dim() >= 3 and 0 in x.shape[-2:]
                    for x in args):
                 out.append((f"{name} ({where})", lambda name=name, args=args: PUBLIC[name](*args)))

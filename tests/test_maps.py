@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import attnfast
-from helpers import DEVICE, BACKENDS, cases, check, require
+from helpers import DEVICE, BACKENDS, backend_params, check, require
 from shapes import MAPS, MAPS_SMALL
 
 
@@ -14,7 +14,7 @@ def amap(shape, dtype):
 
 
 @pytest.mark.parametrize("signed", [False, True])
-@pytest.mark.parametrize("backend,dtype,shape", cases(MAPS, MAPS_SMALL))
+@pytest.mark.parametrize("backend,dtype,shape", backend_params(MAPS, MAPS_SMALL))
 def test_normalize_attention(backend, dtype, shape, signed):
     a = torch.randn(shape, device=DEVICE).to(dtype) if signed else amap(shape, dtype)
     (y,) = check(attnfast.normalize_attention, [a], backend)
@@ -22,7 +22,7 @@ def test_normalize_attention(backend, dtype, shape, signed):
 
 
 @pytest.mark.parametrize("size", [None, (14, 14), (4, 9)])
-@pytest.mark.parametrize("backend,dtype,shape", cases(MAPS, MAPS_SMALL))
+@pytest.mark.parametrize("backend,dtype,shape", backend_params(MAPS, MAPS_SMALL))
 def test_soft_mask(backend, dtype, shape, size):
     a = amap(shape, dtype)
     (m,) = check(lambda a: attnfast.soft_mask(a, sigma=0.55, omega=100.0, size=size), [a],
@@ -31,7 +31,7 @@ def test_soft_mask(backend, dtype, shape, size):
 
 
 @pytest.mark.parametrize("masked", [True, False])
-@pytest.mark.parametrize("backend,dtype,shape", cases(MAPS, MAPS_SMALL))
+@pytest.mark.parametrize("backend,dtype,shape", backend_params(MAPS, MAPS_SMALL))
 def test_soft_iou(backend, dtype, shape, masked):
     a, b = amap(shape, dtype), amap(shape, dtype)
     m = torch.rand(shape, device=DEVICE)
@@ -41,7 +41,7 @@ def test_soft_iou(backend, dtype, shape, masked):
         check(attnfast.soft_iou, [a, b], backend)
 
 
-@pytest.mark.parametrize("backend,dtype,shape", cases(MAPS, MAPS_SMALL))
+@pytest.mark.parametrize("backend,dtype,shape", backend_params(MAPS, MAPS_SMALL))
 def test_attention_consistency(backend, dtype, shape):
     a, m = amap(shape, dtype), torch.rand(shape, device=DEVICE)
     check(lambda a, m: attnfast.attention_consistency(a, m, alpha=0.7), [a, m], backend)

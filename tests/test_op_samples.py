@@ -4,12 +4,12 @@ entries in tests/boundaries.py, and nothing there names an op that does not exis
 fails here until its entries are added (docs/CONTRIBUTING.md, adding an op)."""
 from attnfast._schema import OPS
 from boundaries import BY_OP
-from op_samples import PUBLIC, cases
+from op_samples import PUBLIC, op_sample_calls
 
 
 def test_every_op_has_samples_a_public_call_and_boundaries():
     ops = set(OPS)
-    assert {name for name, _ in cases()} == ops, "tests/op_samples.py cases(): add the op"
+    assert {name for name, _ in op_sample_calls()} == ops, "tests/op_samples.py op_sample_calls(): add the op"
     assert set(PUBLIC) == ops, "tests/op_samples.py PUBLIC: add the op's public call"
     assert set(BY_OP) == ops, "tests/boundaries.py TABLE: add the op's boundary entries"
     assert all(BY_OP[name] for name in ops)

@@ -3,12 +3,12 @@ import pytest
 import torch
 
 import attnfast
-from helpers import big, cases, check, kink_free, pre_activation
+from helpers import big, backend_params, check, kink_free, pre_activation
 from shapes import BIG, BIG_SMALL, FORMATS
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("backend,dtype,shape", cases(BIG, BIG_SMALL))
+@pytest.mark.parametrize("backend,dtype,shape", backend_params(BIG, BIG_SMALL))
 def test_pixel_attention(backend, dtype, shape, fmt):
     f, g = kink_free(lambda: (big(shape, dtype, fmt), big(shape, dtype, "nchw")),  # mixed layouts
                      lambda f, g: pre_activation("pixel", f, g))

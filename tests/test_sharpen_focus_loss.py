@@ -7,7 +7,7 @@ import attnfast
 from attnfast._schema import ATTENTION_KINDS, KIND_CODES, OPS
 from attnfast.backend import namespace
 from attnfast.reference import EPS
-from helpers import BACKENDS, DEVICE, big, check, dtypes, kink_free, pre_activation, require, small
+from helpers import BACKENDS, DEVICE, big, check, dtypes, kink_free, pre_activation, require, use_small_shapes
 from op_samples import check_mask_grad_contract, check_per_channel_equals_broadcast, sf_inputs
 from shapes import PAIRS, PAIRS_SMALL
 
@@ -17,7 +17,7 @@ KINDS = list(ATTENTION_KINDS)
 def _cases():
     out = []
     for b in BACKENDS:
-        n, (ki, kl), pairs = (2, (5, 3), PAIRS_SMALL) if small(b) else (5, (32, 64), PAIRS)
+        n, (ki, kl), pairs = (2, (5, 3), PAIRS_SMALL) if use_small_shapes(b) else (5, (32, 64), PAIRS)
         for dt in dtypes(b):
             for pair in pairs:
                 out.append(pytest.param(b, dt, n, ki, kl, pair, id=f"{b}-{str(dt)[6:]}-{pair}"))
@@ -39,7 +39,7 @@ def test_sharpen_focus_loss(backend, dtype, n, ki, kl, pair, kind):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_options(backend, kind, per_channel, mask_grad, normalize):
-    dt, n, ki, kl, pair = ((torch.float32, 2, 5, 3, PAIRS_SMALL[1]) if small(backend)
+    dt, n, ki, kl, pair = ((torch.float32, 2, 5, 3, PAIRS_SMALL[1]) if use_small_shapes(backend)
                            else (dtypes(backend)[1], 4, 16, 24, PAIRS[1]))
     xs = sf_inputs(dt, n, ki, kl, *pair, fmt="channels_last", per_channel=per_channel, kind=kind)
     check(lambda *t: attnfast.sharpen_focus_loss(*t, attention=kind, mask_grad=mask_grad,

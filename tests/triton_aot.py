@@ -5,7 +5,7 @@ standalone: ``python tests/triton_aot.py [--archs 90,80] [--jobs 2]`` (TRITON_IN
 
 1. Capture. The Triton ops (``torch.ops.attnfast_triton``, forward and backward) are called on CPU
    tensors in float32, float16 and bfloat16, NCHW and channels_last, with every kernel-selecting
-   option of ``op_samples.cases``, at a small shape and a large one (maps over ``MAP_TILE``
+   option of ``op_samples.op_sample_calls``, at a small shape and a large one (maps over ``MAP_TILE``
    pixels: the chunked path; K = 256 under a GPU's split policy: partial sums). No kernel runs:
    ``JITFunction.run`` and ``Autotuner.run`` are intercepted and each launch is recorded with the
    specialization the JIT computes from its arguments on a GPU (the same ``specialize_impl``):
@@ -35,7 +35,7 @@ from triton.runtime.autotuner import Autotuner  # noqa: E402
 from triton.runtime.jit import JITFunction, native_specialize_impl  # noqa: E402
 
 import attnfast.triton_kernels  # noqa: E402,F401  registers torch.ops.attnfast_triton
-from op_samples import backward_args, cases  # noqa: E402
+from op_samples import backward_args, op_sample_calls  # noqa: E402
 
 common = sys.modules["attnfast.triton_kernels._common"]
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -92,7 +92,7 @@ def capture():
         for shape in SHAPES:
             for dtype in DTYPES:
                 for layout in LAYOUTS:
-                    for name, args in cases(dtype, layout, **shape):
+                    for name, args in op_sample_calls(dtype, layout, **shape):
                         outs = getattr(ops, name)(*args)
                         getattr(ops, f"{name}_backward")(*backward_args(name, args, outs))
     finally:

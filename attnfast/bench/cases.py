@@ -216,17 +216,17 @@ def case_names(cfg: Config) -> list:
     """[(name, what)] of every case this run could measure, --cases aside: kernel cases (with
     their op and network, which --cases globs also match) and training cases."""
     unfiltered = Config(**{**vars(cfg), "cases": []})
-    kernels = [(c.name, f"op {c.op}, network {c.net}") for c in kernel_cases(cfg.device)]
+    kernels = [(c.name, f"op {c.op}, network {c.net}") for c in all_kernel_cases(cfg.device)]
     train = [(name, f"training step, {net.model} N {net.n}")
-             for name, net in train_cases(unfiltered)]
+             for name, net in selected_training_cases(unfiltered)]
     return kernels + train
 
 
 def unmatched(cfg: Config) -> list:
     """The --cases patterns that select no case (by case, op or network name)."""
-    kernels = kernel_cases(cfg.device)
+    kernels = all_kernel_cases(cfg.device)
     trains = [(name, name.split("/", 1)[1]) for name, _ in
-              train_cases(Config(**{**vars(cfg), "cases": []}))]
+              selected_training_cases(Config(**{**vars(cfg), "cases": []}))]
     return [p for p in cfg.cases
             if not any(fnmatch.fnmatch(n, p) for c in kernels for n in (c.name, c.op, c.net))
             and not any(fnmatch.fnmatch(n, p) for t in trains for n in t)]

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 import emu_ext  # noqa: E402
 from attnfast._schema import OPS  # noqa: E402
-from op_samples import cases  # noqa: E402
+from op_samples import op_sample_calls  # noqa: E402
 
 
 def results(ns, name, args):
@@ -41,7 +41,7 @@ def main(n, names):
     for name in names:
         print(f"start {name}", flush=True)
         bad = []
-        for i, (op, args) in enumerate(cases(n=n)):
+        for i, (op, args) in enumerate(op_sample_calls(n=n)):
             if op != name:
                 continue
             got = {}
