@@ -121,13 +121,20 @@ class _Backbone(nn.Module):
             stage, cin = _stage(block, cin, w, d, s, shortcut)
             self.add_module(f"layer{i}", stage)
             self.stage_channels[f"layer{i}"] = cin
-        self.num_stages = len(widths)
+        self._finish(cin, num_classes)
+
+    def _finish(self, cin, num_classes):
+        """After the stages (``stage_channels`` filled): the (inner, last) pair of the paper, GAP,
+        ``fc`` and the convolutions' He initialization (biases, where there are any, zero)."""
+        self.num_stages = len(self.stage_channels)
         self.attention_layers = (f"layer{self.num_stages - 1}", f"layer{self.num_stages}")
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x):
         x = self.stem(x)
@@ -193,14 +200,7 @@ class VGG(_Backbone):
                 cin = width
             self.add_module(f"layer{s}", nn.Sequential(*layers))
             self.stage_channels[f"layer{s}"] = cin
-        self.num_stages = len(convs)
-        self.attention_layers = (f"layer{self.num_stages - 1}", f"layer{self.num_stages}")
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        self._finish(cin, num_classes)
 
     def torchvision_key(self, key):
         """The name in this model of the state_dict key ``key`` of torchvision's VGG
