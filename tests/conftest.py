@@ -3,6 +3,8 @@ input makers, the tolerance rule, the kernel-vs-reference check) are in ``tests/
 imported first so that ``TRITON_INTERPRET`` is set before Triton is imported."""
 import os
 import pickle
+import select
+import signal
 import sys
 import traceback
 import zlib
@@ -42,6 +44,9 @@ def pytest_collection_modifyitems(items):
             item.runtest = _forked(item.runtest, item.nodeid)
 
 
+FORK_TIMEOUT_S = 900  # one forked test body at most (the slowest takes about a minute)
+
+
 def _forked(runtest, nodeid):
     """``runtest`` in a child process: its exception comes back pickled (as text when it cannot
     be pickled); a child killed by a signal or exiting without a word fails the test, naming
@@ -52,6 +57,9 @@ def _forked(runtest, nodeid):
         pid = os.fork()
         if pid == 0:  # child
             os.close(r)
+            # The parent's OpenMP thread pool does not survive fork (GNU OpenMP waits forever
+            # for threads the child does not have): the child computes on one thread.
+            torch.set_num_threads(1)
             try:
                 runtest()
                 payload = pickle.dumps(None)
@@ -61,6 +69,12 @@ def _forked(runtest, nodeid):
                 f.write(payload)
             os._exit(0)
         os.close(w)
+        if not select.select([r], [], [], FORK_TIMEOUT_S)[0]:  # a hang fails this test only
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(r)
+            pytest.fail(f"{nodeid}: the test process gave no result in {FORK_TIMEOUT_S} s "
+                        "(killed)", pytrace=False)
         with os.fdopen(r, "rb") as f:
             data = f.read()
         _, status = os.waitpid(pid, 0)
