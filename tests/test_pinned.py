@@ -28,12 +28,17 @@ DEFAULTS = {
                                normalize=True, mask_grad=False, reduction="mean", eps=E),
     "channel_spatial_attention": dict(eps=E),
     "ggam_loss": dict(eps=E),
+    "guidance_loss": dict(boxes=None, rows=None, image_size=None, mask=None, attention="gradcam",
+                          loss="energy", reduction="mean", eps=E),
 }
 WRAPPERS = {
     "SharpenFocus": dict(inner_layer="layer3", last_layer="layer4", attention="pixel",
-                         second_order=True, multilabel=False, weight=1.0, sigma=0.55,
+                         # 0.1, not Eq. 9's 1 (issue 19: weight 1 cost 25 points of top-1)
+                         second_order=True, multilabel=False, weight=0.1, sigma=0.55,
                          omega=100.0, alpha=1.0, normalize=True, mask_grad=False),
     "GGAM": dict(layer="layer4", reduction=16, weight=1.0, target="predicted"),
+    "Guidance": dict(layers="layer4", attention="gradcam", loss="energy", weight=1.0,
+                     second_order=True, multilabel=False, eps=E),
 }
 
 
