@@ -114,13 +114,15 @@ ggam_loss = reference.ggam_loss
 ggam_loss_backward = _backward("ggam_loss")
 
 
-def guidance_loss(features, grads, boxes, rows, coverage, kind, loss, image_h, image_w, eps):
+def guidance_loss(features, grads, boxes, rows, coverage, cell_weights, kind, loss, image_h,
+                  image_w, eps):
     """Per-row losses, then the hidden maps and the channel kinds' weights (``_schema``)."""
     attention = KIND_NAMES[kind]
     if coverage.numel() == 0:
         coverage = reference.box_coverage(boxes, (image_h, image_w), features.shape[-2:])
     a, w = reference.guidance_map(features, grads, rows, attention, weights=True)
-    out = reference.guidance_from_maps(a, coverage, _LOSS_NAMES[loss], eps)
+    out = reference.guidance_from_maps(a, coverage, _LOSS_NAMES[loss], eps,
+                                       cell_weights if cell_weights.numel() else None)
     channel = map_form(attention) in ("positive", "signed")  # the kernels keep these weights
     w = w.detach() if channel else a.new_empty((a.shape[0], 0))
     return out, a.detach(), w

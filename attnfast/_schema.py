@@ -178,7 +178,7 @@ _SF_IN = ("Tensor inner_features, Tensor inner_grads_target, Tensor inner_grads_
           "float eps")
 _SF_HIDDEN = ("inner_maps", "last_maps", "inner_weights", "last_weights")
 
-def _guidance_fake(f, g, boxes, rows, coverage, kind, loss, image_h, image_w, eps):
+def _guidance_fake(f, g, boxes, rows, coverage, cell_weights, kind, loss, image_h, image_w, eps):
     """Per-row losses (R), then the hidden maps (R x h x w) and channel weights (R x K for the
     channel and gradcam kinds, R x 0 otherwise)."""
     r, dt = g.shape[0], _acc(f)
@@ -216,12 +216,14 @@ OPS = {op.name: op for op in (
     Op("ggam_loss", "Tensor channel_weights, Tensor gradcam_weights, float eps", ("loss",),
        fake=lambda s, beta, eps: _per_sample(s)),
     # Rows r = (image rows[r], class): F is N x K x h x w, grads R x K x h x w (or R x K), boxes
-    # R x B x 4 (image pixels; read when coverage is empty), coverage R x h x w or empty. Hidden:
+    # R x B x 4 (image pixels; read when coverage is empty), coverage R x h x w or empty,
+    # cell_weights h x w (the energy's denominator weights: bilinear option) or empty. Hidden:
     # the raw maps A (R x h x w) and the channel kinds' weights, so the backward rebuilds no map.
     Op("guidance_loss", "Tensor features, Tensor grads, Tensor boxes, Tensor rows, "
-       "Tensor coverage, int kind, int loss, float image_h, float image_w, float eps",
+       "Tensor coverage, Tensor cell_weights, int kind, int loss, float image_h, float image_w, "
+       "float eps",
        ("loss", *_GUIDANCE_HIDDEN), fake=_guidance_fake, saved=_GUIDANCE_HIDDEN,
-       hidden=_GUIDANCE_HIDDEN, constants=("boxes", "rows", "coverage")),
+       hidden=_GUIDANCE_HIDDEN, constants=("boxes", "rows", "coverage", "cell_weights")),
 )}
 
 FORWARD_OPS = tuple(OPS)

@@ -8,7 +8,8 @@ each positive class (multi-label, with the boxes of that class). A_l[r] is the m
 ``attention`` ("gradcam" by default, "ixg", "pixel", "channel") of the features F_l[n] of layer l
 and the class-score gradient G_l[r] = dY[n, c]/dF_l[n]; L is ``loss`` ("energy" by default, "l1",
 "ppce", "rrr") of :func:`attnfast.guidance_loss` against the share of each layer cell covered by
-the row's boxes. Images without boxes add only their classification loss and are not counted in
+the row's boxes (``upsample="bilinear"``: the paper code's energy of the map upsampled to the
+image, decision 24). Images without boxes add only their classification loss and are not counted in
 the mean (docs/SPEC.md decision 23), so guiding with boxes for 1 % of the images is the same call.
 With ``second_order`` (the paper's setting) the gradients stay in the graph (``create_graph``),
 so the loss also trains through them. Features and gradients are captured as
@@ -99,12 +100,17 @@ class Guidance(SupervisedWrapper):
     """
 
     def __init__(self, model, layers="layer4", *, attention="gradcam", loss="energy", weight=1.0,
-                 second_order=True, multilabel=False, per_sample_grads=False, eps=1e-6):
+                 second_order=True, multilabel=False, per_sample_grads=False, upsample="area",
+                 eps=1e-6):
         super().__init__()
         if attention not in GUIDANCE_KINDS:
             raise ValueError(f"attention must be one of {tuple(GUIDANCE_KINDS)}, got {attention!r}")
         if loss not in LOSS_CODES:
             raise ValueError(f"loss must be one of {tuple(LOSS_CODES)}, got {loss!r}")
+        if upsample not in ("area", "bilinear"):
+            raise ValueError(f"upsample must be 'area' or 'bilinear', got {upsample!r}")
+        if upsample == "bilinear" and loss != "energy":
+            raise ValueError(f'upsample="bilinear" is defined for loss="energy" only, got {loss!r}')
         if isinstance(layers, str):
             layers = [layers]
         weights = dict(layers) if isinstance(layers, dict) else {name: weight for name in layers}
@@ -117,7 +123,7 @@ class Guidance(SupervisedWrapper):
         refuse_compiled_double_backward(model, "Guidance", second_order)
         self.model = model
         self.attention, self.loss_kind, self.eps = attention, loss, real(eps, "eps", positive=True)
-        self.second_order, self.multilabel = second_order, multilabel
+        self.second_order, self.multilabel, self.upsample = second_order, multilabel, upsample
         self._tap = LayerTap(model, tuple(self.weights), per_sample=per_sample_grads,
                              user="Guidance")
         self._attach(self._tap)  # last: a failed construction attaches nothing
@@ -158,7 +164,7 @@ class Guidance(SupervisedWrapper):
         cls = classification_loss(logits, targets, self.multilabel)
         parts = {name: ops.guidance_loss(f, g, boxes_r, images_r, image_size=images.shape[-2:],
                                          attention=self.attention, loss=self.loss_kind,
-                                         eps=self.eps)
+                                         upsample=self.upsample, eps=self.eps)
                  for name, f, g in zip(self.weights, feats, grads)}
         attention = sum(self.weights[name] * v for name, v in parts.items())
         return GuidanceStep(logits, cls + attention, cls, attention, parts,

@@ -336,7 +336,7 @@ def _mask(mask, r, dt, device):
 
 
 def guidance_loss(features, grads, boxes=None, rows=None, *, image_size=None, mask=None,
-                  attention="gradcam", loss="energy", reduction="mean", eps=EPS):
+                  attention="gradcam", loss="energy", reduction="mean", upsample="area", eps=EPS):
     """Guidance of a layer's class maps by boxes (Rao et al., ICCV 2023), fused, per row r =
     (image ``rows[r]``, class): A = the map of kind ``attention`` ("gradcam", "ixg", "pixel",
     "channel") of F[rows[r]] and G[r]; cov = share of each layer cell inside the union of the
@@ -352,11 +352,18 @@ def guidance_loss(features, grads, boxes=None, rows=None, *, image_size=None, ma
     ``rows`` (R integers in [0, N); default: row r is image r). ``reduction``: "mean" over the
     rows (0 for no rows), "sum", or "none" (R float32 values). Gradients reach F and G (second
     order), never the boxes. With gradients off, 1 - energy is the energy pointing game (EPG).
-    docs/SPEC.md decisions 19-23.
+    ``upsample="bilinear"`` (energy only): the paper code's energy of A+
+    upsampled bilinearly (align_corners=False) to the image, summed over the pixels whose centres
+    lie in the boxes (or weighted by the image-resolution ``mask``), exactly, at the layer:
+    1 - sum(A+ cov_up) / sum(A+ t) with cov_up = U_y^T mask U_x and t = the column sums of U_y
+    and U_x. docs/SPEC.md decisions 19-24.
     """
     _choice(attention, "attention", tuple(GUIDANCE_KINDS))
     _choice(loss, "loss", tuple(LOSS_CODES))
     _choice(reduction, "reduction", _REDUCTIONS)
+    _choice(upsample, "upsample", ("area", "bilinear"))
+    if upsample == "bilinear" and loss != "energy":
+        raise ValueError(f'upsample="bilinear" is defined for loss="energy" only, got loss={loss!r}')
     eps = _eps(eps)
     _tensor(features, "features", (4,))
     _tensor(grads, "grads", (4, 2))
@@ -383,13 +390,19 @@ def guidance_loss(features, grads, boxes=None, rows=None, *, image_size=None, ma
             raise ValueError("image_size = (H, W) of the images the boxes are given in is needed")
         img_h, img_w = size_pair(image_size, "image_size")
         b, coverage = _boxes(boxes, r, dt, features.device), features.new_empty((0,), dtype=dt)
+        if upsample == "bilinear":
+            coverage = reference.box_coverage(b, (img_h, img_w), (h, w), upsample).contiguous()
     else:
         img_h, img_w = mask.shape[-2:]
         b = features.new_empty((r, 0, 4), dtype=dt)
-        coverage = reference.mask_coverage(_mask(mask, r, dt, features.device), (h, w)).contiguous()
+        coverage = reference.mask_coverage(_mask(mask, r, dt, features.device), (h, w),
+                                           upsample).contiguous()
+    weights = features.new_empty((0,), dtype=dt)
+    if upsample == "bilinear":
+        weights = reference.cell_weights((img_h, img_w), (h, w), dt, features.device).contiguous()
     f = _big(features, dt)
     g = _big(grads, dt) if grads.dim() == 4 else small(grads, dt)
-    out, *_hidden = _ns(f).guidance_loss(f, g, b, rows, coverage, KIND_CODES[attention],
+    out, *_hidden = _ns(f).guidance_loss(f, g, b, rows, coverage, weights, KIND_CODES[attention],
                                          LOSS_CODES[loss], float(img_h), float(img_w), eps)
     if reduction == "mean":
         return out.sum() / max(r, 1)

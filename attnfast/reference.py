@@ -217,11 +217,33 @@ def cell_overlap(lo, hi, cells, extent):
     return torch.clamp_min(top - bottom, 0.0) / step
 
 
-def box_coverage(boxes, image_size, size):
+def bilinear_overlap(lo, hi, cells, extent):
+    """Sum of the bilinear upsampling weights (align_corners=False, as F.interpolate) that the
+    pixels of [lo, hi) give each of ``cells`` source cells, when ``cells`` are upsampled to
+    ``extent`` (an integer) pixels; a pixel p belongs to [lo, hi) when its centre p + 1/2 does:
+    lo, hi (...) -> (..., cells). Summed over all pixels, each cell's weight is its share of the
+    upsampled image (not uniform when extent / cells is not an integer)."""
+    up = upsample_matrix(cells, int(extent), lo.dtype, lo.device)           # extent x cells
+    cum = torch.cat([up.new_zeros(1, cells), up.cumsum(0)])                 # (extent + 1) x cells
+    first = torch.ceil(lo - 0.5).clamp(0, extent).long()                   # first pixel inside
+    end = torch.ceil(hi - 0.5).clamp(0, extent).long()
+    return torch.clamp_min(cum[end] - cum[first], 0.0)
+
+
+def upsample_matrix(cells, pixels, dtype=torch.float64, device=None):
+    """U (pixels x cells): bilinear (1-D linear) upsampling, align_corners=False, so that
+    F.interpolate(x, size=pixels, mode="linear") = U x along the last dimension."""
+    eye = torch.eye(cells, dtype=dtype, device=device)[None]
+    return torch.nn.functional.interpolate(eye, size=pixels, mode="linear", align_corners=False)[0].T
+
+
+def box_coverage(boxes, image_size, size, upsample="area"):
     """cov[r, i, j]: the share of layer cell (i, j)'s image area (a cell spans H_img/h x W_img/w
     pixels) inside the union of row r's boxes (R x B x 4, image pixels, half-open y0, x0, y1, x1;
     clipped to the image; empty boxes cover nothing). Exact: the sorted box edges cut the image into
-    elementary rectangles, each inside the union or not (docs/SPEC.md decision 20)."""
+    elementary rectangles, each inside the union or not (docs/SPEC.md decision 20).
+    ``upsample="bilinear"`` (decision 24): instead the weight the map's bilinear upsampling to the
+    image gives cell (i, j) inside the union's pixels, sum_{p in union} U_y[p_y, i] U_x[p_x, j]."""
     (b,) = _acc(boxes)
     (img_h, img_w), (h, w) = image_size, size
     y0, x0 = b[..., 0].clamp(0, img_h), b[..., 1].clamp(0, img_w)
@@ -233,28 +255,43 @@ def box_coverage(boxes, image_size, size):
     inside_y = (y0[:, None] <= cy[..., None]) & (cy[..., None] < y1[:, None])  # R x bands x B
     inside_x = (x0[:, None] <= cx[..., None]) & (cx[..., None] < x1[:, None])
     covered = torch.einsum("rab,rcb->rac", inside_y.to(b.dtype), inside_x.to(b.dtype)) > 0
-    oy = cell_overlap(ys[:, :-1], ys[:, 1:], h, float(img_h))  # R x bands x h
-    ox = cell_overlap(xs[:, :-1], xs[:, 1:], w, float(img_w))
+    overlap = {"area": cell_overlap, "bilinear": bilinear_overlap}[upsample]
+    oy = overlap(ys[:, :-1], ys[:, 1:], h, float(img_h))  # R x bands x h
+    ox = overlap(xs[:, :-1], xs[:, 1:], w, float(img_w))
     return torch.einsum("rai,rac,rcj->rij", oy, covered.to(b.dtype), ox)
 
 
-def mask_coverage(mask, size):
+def mask_coverage(mask, size, upsample="area"):
     """A dense R x H x W mask (values in [0, 1], spanning the image) area-averaged to ``size``
-    = (h, w): cov[r, i, j] = mean of the mask over the image area of cell (i, j) (decision 20)."""
+    = (h, w): cov[r, i, j] = mean of the mask over the image area of cell (i, j) (decision 20).
+    ``upsample="bilinear"``: sum_p mask[p] U_y[p_y, i] U_x[p_x, j] (decision 24)."""
     (m,) = _acc(mask)
     (hm, wm), (h, w) = m.shape[-2:], size
-    idx_h = torch.arange(hm, dtype=m.dtype, device=m.device)
-    idx_w = torch.arange(wm, dtype=m.dtype, device=m.device)
-    ay = cell_overlap(idx_h, idx_h + 1, h, float(hm))   # Hm x h: each cell's shares sum to 1
-    ax = cell_overlap(idx_w, idx_w + 1, w, float(wm))
+    if upsample == "bilinear":
+        ay, ax = upsample_matrix(h, hm, m.dtype, m.device), upsample_matrix(w, wm, m.dtype, m.device)
+    else:
+        idx_h = torch.arange(hm, dtype=m.dtype, device=m.device)
+        idx_w = torch.arange(wm, dtype=m.dtype, device=m.device)
+        ay = cell_overlap(idx_h, idx_h + 1, h, float(hm))   # Hm x h: each cell's shares sum to 1
+        ax = cell_overlap(idx_w, idx_w + 1, w, float(wm))
     return torch.einsum("yi,ryx,xj->rij", ay, m, ax)
 
 
-def guidance_from_maps(attn, coverage, loss="energy", eps=EPS):
+def cell_weights(image_size, size, dtype=torch.float64, device=None):
+    """h x w: the weight of each layer cell in the sum of the map's bilinear upsampling to the
+    image, sum_p U_y[p_y, i] U_x[p_x, j] (the denominator of the bilinear energy, decision 24)."""
+    (img_h, img_w), (h, w) = image_size, size
+    uy = upsample_matrix(h, int(img_h), dtype, device).sum(0)
+    ux = upsample_matrix(w, int(img_w), dtype, device).sum(0)
+    return uy[:, None] * ux[None, :]
+
+
+def guidance_from_maps(attn, coverage, loss="energy", eps=EPS, weights=None):
     """Per-row guidance loss of maps A (R x h x w) against box coverage (R x h x w), A+ = max(A, 0),
     Â = normalize_attention(A+) (docs/SPEC.md decisions 21-22):
 
-        energy  1 - sum(A+ cov) / sum(A+)       (1 when sum(A+) < eps)
+        energy  1 - sum(A+ cov) / sum(A+ t)     (1 when sum(A+ t) < eps; t = ``weights``, h x w,
+                                                 or 1: the bilinear option, decision 24)
         l1      mean |Â - cov|
         ppce    -sum(cov log(Â + eps)) / sum(cov)   (0 when sum(cov) = 0)
         rrr     sum((1 - cov) A^2)
@@ -262,7 +299,7 @@ def guidance_from_maps(attn, coverage, loss="energy", eps=EPS):
     a, cov = _acc(attn, coverage)
     ap = torch.relu(a)
     if loss == "energy":
-        s = ap.sum(dim=(1, 2))
+        s = (ap if weights is None else ap * weights.to(ap.dtype)).sum(dim=(1, 2))
         low = s < eps
         inside = (ap * cov).sum(dim=(1, 2))
         return torch.where(low, torch.ones_like(s), 1 - inside / torch.where(low, torch.ones_like(s), s))
@@ -278,8 +315,10 @@ def guidance_from_maps(attn, coverage, loss="energy", eps=EPS):
     raise ValueError(f"loss must be one of {GUIDANCE_LOSSES}, got {loss!r}")
 
 
-def guidance_loss(features, grads, rows, coverage, attention="gradcam", loss="energy", eps=EPS):
+def guidance_loss(features, grads, rows, coverage, attention="gradcam", loss="energy", eps=EPS,
+                  weights=None):
     """Per-row loss of ``guidance_from_maps(guidance_map(F, G, rows, attention), coverage)``;
-    coverage from ``box_coverage`` or ``mask_coverage`` (it carries no gradient)."""
+    coverage from ``box_coverage`` or ``mask_coverage`` (it carries no gradient), ``weights``
+    from ``cell_weights`` for the bilinear option."""
     return guidance_from_maps(guidance_map(features, grads, rows, attention), coverage.detach(),
-                              loss, eps)
+                              loss, eps, weights)

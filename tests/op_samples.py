@@ -10,7 +10,8 @@ Big N x K x H x W tensors take the dtype and layout asked for; everything small 
 2-D grads, per-sample values) is contiguous float32, as the interface says. ``op_sample_calls`` also walks
 the options that pick different kernel variants: ``positive``, the three ``kind`` codes,
 ``normalize`` and ``mask_grad``, resized and same-size masks, soft-IoU with and without a mask,
-``guidance_loss``'s four kinds and losses with computed and given coverage.
+``guidance_loss``'s four kinds and losses with computed and given coverage, and the energy with
+cell weights (the bilinear option).
 """
 from __future__ import annotations
 
@@ -64,9 +65,13 @@ def op_sample_calls(dtype=torch.float32, layout="nchw", n=2, k=3, hw=(4, 5), las
     cov = small(r, h, w, positive=True)
     for kind in (0, 1, 2, 3):
         for loss, coverage in ((0, small(0)), (1, cov), (2, small(0)), (3, cov)):
-            out.append(("guidance_loss", (f, r_grads, boxes, rows, coverage, kind, loss, 8.0, 10.0,
-                                          EPS)))
-    out.append(("guidance_loss", (f, small(r, k), boxes, rows, small(0), 2, 0, 8.0, 10.0, EPS)))
+            out.append(("guidance_loss", (f, r_grads, boxes, rows, coverage, small(0), kind, loss,
+                                          8.0, 10.0, EPS)))
+    out.append(("guidance_loss", (f, small(r, k), boxes, rows, small(0), small(0), 2, 0, 8.0, 10.0,
+                                  EPS)))
+    # the bilinear option at the layer's own resolution: coverage = the mask, cell weights = 1
+    ones = torch.ones(h, w, device=device)
+    out.append(("guidance_loss", (f, r_grads, boxes, rows, cov, ones, 2, 0, 8.0, 10.0, EPS)))
     return out
 
 
@@ -79,14 +84,16 @@ _KIND = {code: kind for kind, code in KIND_CODES.items()}
 _LOSS = {code: loss for loss, code in LOSS_CODES.items()}
 
 
-def _guidance(f, g, boxes, rows, coverage, kind, loss, image_h, image_w, eps):
+def _guidance(f, g, boxes, rows, coverage, cell_weights, kind, loss, image_h, image_w, eps):
     """guidance_loss through the public function: boxes, or the given coverage as a dense mask
-    at the layer's resolution (area-averaged to itself)."""
+    at the layer's resolution (area-averaged, or with cell weights bilinearly upsampled, to
+    itself: the identity)."""
     given = coverage.numel() > 0
     return attnfast.guidance_loss(f, g, None if given else boxes, rows,
                                   image_size=None if given else (int(image_h), int(image_w)),
                                   mask=coverage if given else None, attention=_KIND[kind],
-                                  loss=_LOSS[loss], reduction="none", eps=eps)
+                                  loss=_LOSS[loss], reduction="none", eps=eps,
+                                  upsample="bilinear" if cell_weights.numel() else "area")
 
 
 # op name -> the public function called with the kernel's forward arguments (options by name)

@@ -106,9 +106,9 @@ def _every_op(f, g, g2, fl, gl, gl2, w, s, a, b, m):
     out, spatial = ops.channel_spatial_attention(f, s, eps)
     n, _, h, wd = f.shape
     boxes = torch.tensor([[[0.0, 0.0, 2.0, 3.0]]], device=f.device).expand(n, 1, 4).contiguous()
-    guide, *_saved = ops.guidance_loss(f, g, boxes, torch.arange(n, device=f.device),
-                                       f.new_empty((0,), dtype=torch.float32), 2, 0,
-                                       4.0 * h, 4.0 * wd, eps)
+    none = f.new_empty((0,), dtype=torch.float32)
+    guide, *_saved = ops.guidance_loss(f, g, boxes, torch.arange(n, device=f.device), none, none,
+                                       2, 0, 4.0 * h, 4.0 * wd, eps)
     return (ops.soft_iou(a, b, mask, eps).sum() + ops.attention_consistency(norm, m, 1.0, eps).sum()
             + (iou + iou_l + cons).sum() + out.float().sum() + spatial.sum()
             + ops.ggam_loss(s, w, eps).sum() + guide.sum())

@@ -353,6 +353,30 @@ def test_guidance_pinned():
             assert abs(got.item() - v) <= 1e-5 * abs(v) + 2e-6, (loss, got.item(), v)
 
 
+def test_guidance_bilinear():
+    """upsample="bilinear" (the cell weights path): a 3 x 1 map on a 4 x 1 image, A = (1, 2, 4),
+    a box over pixels 0-1: by hand cov_up = (11/8, 5/8, 0), t = (11/8, 5/4, 11/8), energy
+    1 - 21/75 and dE/dA_i = -(cov_up_i - 21/75 t_i) / (75/8); then a random case of every kind
+    against the float64 reference with non-uniform cell weights (3 x 5 map, 10 x 13 image)."""
+    f = torch.tensor([1.0, 2.0, 4.0]).view(1, 1, 3, 1).requires_grad_()
+    with attnfast.use_backend(B):
+        e = attnfast.guidance_loss(f, torch.ones(1, 1), torch.tensor([[[0.0, 0, 2, 1]]]),
+                                   image_size=(4, 1), attention="ixg", upsample="bilinear")
+    (d,) = torch.autograd.grad(e, f)
+    want = [-(w - 21 / 75 * t) / (75 / 8) for w, t in zip((11 / 8, 5 / 8, 0), (11 / 8, 5 / 4, 11 / 8))]
+    assert abs(e.item() - (1 - 21 / 75)) <= 1e-6 and all(
+        abs(a - b) <= 1e-6 for a, b in zip(d.flatten().tolist(), want)), (e.item(), d.flatten())
+    torch.manual_seed(0)
+    f, g = torch.randn(3, 4, 3, 5), torch.randn(4, 4, 3, 5)
+    rows = torch.tensor([0, 2, 2, 0])
+    boxes = torch.tensor([[[0.0, 0, 4, 6], [5, 5, 10, 13]], [[1, 2, 9, 3], [0, 0, 0, 0]],
+                          [[0, 0, 10, 13], [0, 0, 0, 0]], [[3, 3, 3, 9], [0, 0, 0, 0]]])
+    for kind in GUIDE_KINDS:
+        check(lambda f, g: attnfast.guidance_loss(f, g, boxes, rows, image_size=(10, 13),
+                                                  attention=kind, upsample="bilinear",
+                                                  reduction="none"), [f, g], B)
+
+
 @pytest.mark.parametrize("kind", GUIDE_KINDS)
 def test_guidance_no_boxes_and_no_rows(kind):
     """B = 0 (coverage 0 everywhere) and R = 0 (no rows: every dF is 0)."""

@@ -30,13 +30,15 @@ def _features(model, x, name):
     return logits, out["f"]
 
 
-def test_step_equals_eager_per_row_computation():
+@pytest.mark.parametrize("upsample", ["area", "bilinear"])
+def test_step_equals_eager_per_row_computation(upsample):
     torch.manual_seed(0)
     model, x = Net().double(), torch.randn(4, 1, 8, 12, dtype=torch.float64)  # H != W
     y = torch.tensor([0, 2, 1, 2])
     boxes = torch.tensor([[0, 0, 4, 6], [2, 3, 8, 12], [0, 0, 8, 12], [1, 1, 3, 7]]).double()
     annotated = torch.tensor([True, True, False, True])
-    with attnfast.Guidance(model, {"conv1": 0.5, "conv2": 2.0}, second_order=False) as g:
+    with attnfast.Guidance(model, {"conv1": 0.5, "conv2": 2.0}, second_order=False,
+                           upsample=upsample) as g:
         step = g(x, y, boxes, annotated=annotated)
     want = nnf.cross_entropy(model(x), y)
     for name, w in (("conv1", 0.5), ("conv2", 2.0)):
@@ -44,9 +46,10 @@ def test_step_equals_eager_per_row_computation():
         for n in (0, 1, 3):  # one image at a time: G[n] = dY[n, y_n] / dF[n] exactly
             logits, f = _features(model, x[n:n + 1], name)
             (gr,) = torch.autograd.grad(logits[0, y[n]], f)
-            cov = reference.box_coverage(boxes[n][None, None], x.shape[-2:], f.shape[-2:])
+            cov = reference.box_coverage(boxes[n][None, None], x.shape[-2:], f.shape[-2:], upsample)
+            t = reference.cell_weights(x.shape[-2:], f.shape[-2:]) if upsample == "bilinear" else None
             a = reference.guidance_map(f.detach(), gr, torch.tensor([0]), "gradcam")
-            losses.append(reference.guidance_from_maps(a, cov, "energy"))
+            losses.append(reference.guidance_from_maps(a, cov, "energy", weights=t))
         want = want + w * torch.cat(losses).mean()
     torch.testing.assert_close(step.loss.detach(), want.detach())
     assert step.rows[0].tolist() == [0, 1, 3] and step.rows[1].tolist() == [0, 2, 2]
@@ -104,6 +107,8 @@ def test_remove_leaves_the_model_as_it_was():
     (dict(attention="hirescam"), "attention must be one of"),
     (dict(loss="bce"), "loss must be one of"),
     (dict(layers={}), "at least one layer"),
+    (dict(upsample="nearest"), "upsample must be 'area' or 'bilinear'"),
+    (dict(upsample="bilinear", loss="l1"), "defined for loss=\"energy\" only"),
 ])
 def test_bad_arguments(bad, match):
     kw = dict(layers="conv2")

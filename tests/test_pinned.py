@@ -29,7 +29,7 @@ DEFAULTS = {
     "channel_spatial_attention": dict(eps=E),
     "ggam_loss": dict(eps=E),
     "guidance_loss": dict(boxes=None, rows=None, image_size=None, mask=None, attention="gradcam",
-                          loss="energy", reduction="mean", eps=E),
+                          loss="energy", reduction="mean", upsample="area", eps=E),
 }
 WRAPPERS = {
     "SharpenFocus": dict(inner_layer="layer3", last_layer="layer4", attention="pixel",
@@ -38,7 +38,7 @@ WRAPPERS = {
                          omega=100.0, alpha=1.0, normalize=True, mask_grad=False),
     "GGAM": dict(layer="layer4", reduction=16, weight=1.0, target="predicted"),
     "Guidance": dict(layers="layer4", attention="gradcam", loss="energy", weight=1.0,
-                     second_order=True, multilabel=False, eps=E),
+                     second_order=True, multilabel=False, upsample="area", eps=E),
 }
 
 

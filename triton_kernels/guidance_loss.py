@@ -3,8 +3,9 @@
 Row r = (image rows[r], class): A[r] = the map of kind ``kind`` from F[rows[r]] and G[r]
 (attnfast._schema KIND_CODES; ixg is signed, the others post-ReLU), cov[r] = the share of each
 cell inside the union of the row's boxes (given, or computed in-kernel from the boxes:
-_coverage), A+ = ReLU(A), Â = A+ / (max(max_p A+, 0) + eps); per row (LOSS_CODES):
-  energy  1 - sum(A+ cov) / sum(A+)  (1 when sum(A+) < eps)     l1    mean_p |Â - cov|
+_coverage), A+ = ReLU(A), Â = A+ / (max(max_p A+, 0) + eps), t = the cells' weights in the
+energy's total (given: the bilinear option, docs/SPEC.md decision 24; else 1); per row (LOSS_CODES):
+  energy  1 - sum(A+ cov) / sum(A+ t)  (1 when sum(A+ t) < eps)  l1    mean_p |Â - cov|
   ppce    -sum(cov log(Â + eps)) / sum(cov)  (0 when no coverage)  rrr   sum((1 - cov) A^2)
 Forward: one pass over F (and G[r] of the pixel-wise kinds) reading F[rows[r]] in place builds
 the R maps (_attention_pass with a row gather; the channel kinds first take the channel means of
@@ -46,22 +47,24 @@ def _form(kind):
 @triton.jit
 def _row_values(src, start, offs, BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr):
     """Loader (see _maps.map_chunk) of row r, src = (maps, coverage, boxes, r, HW, W, B,
-    image_h, image_w, ch, cw): (A, A+, cov, valid) at pixels start + offs, cov read from the
-    coverage or, when BLOCK_B > 0, computed from the boxes."""
-    a_ptr, cov_ptr, box_ptr, r, HW, W, B, image_h, image_w, ch, cw = src
+    image_h, image_w, ch, cw, cell weights, has_t): (A, A+, cov, valid, t) at pixels start +
+    offs, cov read from the coverage or, when BLOCK_B > 0, computed from the boxes; t read from
+    the cell weights when has_t, else 1."""
+    a_ptr, cov_ptr, box_ptr, r, HW, W, B, image_h, image_w, ch, cw, t_ptr, has_t = src
     a, valid = load_map(a_ptr, r, start, offs, HW)
+    t = tl.load(t_ptr + start + offs, mask=valid & (offs * 0 + has_t != 0), other=1.0)
     if BLOCK_B > 0:
         cov = box_cover(box_ptr, r, B, start + offs, valid, W, image_h, image_w, ch, cw,
                         BLOCK_B, BLOCK_W)
     else:
         cov = tl.load(cov_ptr + r * HW + start + offs, mask=valid, other=0.0)
-    return a, relu(a), cov, valid
+    return a, relu(a), cov, valid, t
 
 
 @triton.jit
 def _row_stats(tile, src, offs, HW, BLOCK: tl.constexpr, ONE_TILE: tl.constexpr,
                BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr):
-    """One pass over row r: (max of A+ (NaN if any), pixels at it, sum A+, sum A+ cov,
+    """One pass over row r: (max of A+ (NaN if any), pixels at it, sum A+ t, sum A+ cov,
     sum cov, sum (1 - cov) A^2)."""
     mx = -float("inf")
     cnt = 0.0
@@ -70,10 +73,10 @@ def _row_stats(tile, src, offs, HW, BLOCK: tl.constexpr, ONE_TILE: tl.constexpr,
     c = 0.0
     q = 0.0
     for start in range(0, HW, BLOCK):
-        a, ap, cov, valid = map_chunk(tile, _row_values, src, start, offs, ONE_TILE, BLOCK_B,
-                                      BLOCK_W)
+        a, ap, cov, valid, t = map_chunk(tile, _row_values, src, start, offs, ONE_TILE, BLOCK_B,
+                                         BLOCK_W)
         mx, cnt = max_count(ap, valid, mx, cnt)
-        s += tl.sum(ap, axis=0)
+        s += tl.sum(ap * t, axis=0)
         inside += tl.sum(ap * cov, axis=0)
         c += tl.sum(cov, axis=0)
         q += tl.sum((1.0 - cov) * a * a, axis=0)
@@ -119,8 +122,8 @@ def _row_loss(tile, src, offs, HW, stats, den, eps, LOSS: tl.constexpr, BLOCK: t
     else:
         u = 0.0
         for start in range(0, HW, BLOCK):
-            a, ap, cov, valid = map_chunk(tile, _row_values, src, start, offs, ONE_TILE,
-                                          BLOCK_B, BLOCK_W)
+            a, ap, cov, valid, t = map_chunk(tile, _row_values, src, start, offs, ONE_TILE,
+                                             BLOCK_B, BLOCK_W)
             u += tl.sum(_norm_term(ap, cov, valid, den, eps, LOSS), axis=0)
         if LOSS == _L1:
             loss = u / HW
@@ -131,8 +134,9 @@ def _row_loss(tile, src, offs, HW, stats, den, eps, LOSS: tl.constexpr, BLOCK: t
 
 
 @triton.jit
-def _pixel_grad(a, ap, cov, valid, g, stats, den, ties, HW, eps, LOSS: tl.constexpr):
-    """dL/dA+ at pixels for upstream g (energy; l1 and ppce through the normalization, ties =
+def _pixel_grad(a, ap, cov, valid, t, g, stats, den, ties, HW, eps, LOSS: tl.constexpr):
+    """dL/dA+ at pixels for upstream g (energy, t the cells' weights in its total; l1 and ppce
+    through the normalization, ties =
     (sum of dL/dÂ at the max, of dL/dÂ Â below it)), or dL/dA for rrr: 2 g (1 - cov) A. The
     ReLU of A+ (the factor [A > 0]) is the kernel's MASK."""
     mx, cnt, s, inside, c, q = stats
@@ -143,7 +147,7 @@ def _pixel_grad(a, ap, cov, valid, g, stats, den, ties, HW, eps, LOSS: tl.conste
             low = s < eps
             gl = tl.where(low, 0.0, g)
             sp = tl.where(low, 1.0, s)
-            d = (-gl / sp) * cov + tl.where(low, 0.0, gl * inside / (sp * sp))
+            d = (-gl / sp) * cov + tl.where(low, 0.0, gl * inside / (sp * sp)) * t
         else:
             up = _norm_upstream(ap, cov, valid, den, c, g, HW, eps, LOSS)
             d = norm_grad(up, ap, mx, cnt, ties[0], ties[1], eps)
@@ -151,10 +155,10 @@ def _pixel_grad(a, ap, cov, valid, g, stats, den, ties, HW, eps, LOSS: tl.conste
 
 
 @triton.jit
-def _guidance_rows_kernel(a_ptr, cov_ptr, box_ptr, g_ptr, out_ptr, HW, W, B, image_h, image_w,
-                          ch, cw, scale, eps, LOSS: tl.constexpr, GRAD: tl.constexpr,
-                          MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr,
-                          BLOCK: tl.constexpr, ONE_TILE: tl.constexpr):
+def _guidance_rows_kernel(a_ptr, cov_ptr, box_ptr, t_ptr, g_ptr, out_ptr, HW, W, B, image_h,
+                          image_w, ch, cw, has_t, scale, eps, LOSS: tl.constexpr,
+                          GRAD: tl.constexpr, MASK: tl.constexpr, BLOCK_B: tl.constexpr,
+                          BLOCK_W: tl.constexpr, BLOCK: tl.constexpr, ONE_TILE: tl.constexpr):
     """One program per row r. Forward: out[r] = the loss. GRAD: out[r, p] = scale * dL/dA[r, p]
     for upstream g[r], MASK applying [A > 0] (ReLU'(0) = 0, NaN passes, as torch): the ReLU of
     the map (pixel, channel, gradcam) or of A+ in the loss (energy, l1, ppce). Pass 1: _row_stats;
@@ -162,7 +166,7 @@ def _guidance_rows_kernel(a_ptr, cov_ptr, box_ptr, g_ptr, out_ptr, HW, W, B, ima
     a pass that writes."""
     r = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
-    src = (a_ptr, cov_ptr, box_ptr, r, HW, W, B, image_h, image_w, ch, cw)
+    src = (a_ptr, cov_ptr, box_ptr, r, HW, W, B, image_h, image_w, ch, cw, t_ptr, has_t)
     tile = map_tile(_row_values, src, offs, ONE_TILE, BLOCK_B, BLOCK_W)
     stats = _row_stats(tile, src, offs, HW, BLOCK, ONE_TILE, BLOCK_B, BLOCK_W)
     den = norm_den(stats[0], eps)
@@ -175,23 +179,23 @@ def _guidance_rows_kernel(a_ptr, cov_ptr, box_ptr, g_ptr, out_ptr, HW, W, B, ima
         rest = 0.0
         if LOSS == _L1 or LOSS == _PPCE:
             for start in range(0, HW, BLOCK):
-                a, ap, cov, valid = map_chunk(tile, _row_values, src, start, offs, ONE_TILE,
-                                              BLOCK_B, BLOCK_W)
+                a, ap, cov, valid, t = map_chunk(tile, _row_values, src, start, offs, ONE_TILE,
+                                                 BLOCK_B, BLOCK_W)
                 up = _norm_upstream(ap, cov, valid, den, stats[4], g, HW, eps, LOSS)
                 t0, t1 = tie_sums(up, ap, valid, stats[0])
                 g_tied += t0
                 rest += t1
         for start in range(0, HW, BLOCK):
-            a, ap, cov, valid = map_chunk(tile, _row_values, src, start, offs, ONE_TILE, BLOCK_B,
-                                          BLOCK_W)
-            d = _pixel_grad(a, ap, cov, valid, g, stats, den, (g_tied, rest), HW, eps, LOSS)
+            a, ap, cov, valid, t = map_chunk(tile, _row_values, src, start, offs, ONE_TILE,
+                                             BLOCK_B, BLOCK_W)
+            d = _pixel_grad(a, ap, cov, valid, t, g, stats, den, (g_tied, rest), HW, eps, LOSS)
             if MASK:
                 d = tl.where(a <= 0, 0.0, d)
             tl.store(out_ptr + r * HW + start + offs, d * scale, mask=valid)
 
 
-def _row_math(maps, coverage, boxes, loss, image_h, image_w, eps, scale=1.0, mask=False,
-              grad=None):
+def _row_math(maps, coverage, cell_weights, boxes, loss, image_h, image_w, eps, scale=1.0,
+              mask=False, grad=None):
     """Launch the per-row program. Forward (grad None): the R losses. Backward: R x H x W,
     scale * dL/dA (times [A > 0] when ``mask``) for upstream ``grad`` (R)."""
     r, h, w = maps.shape
@@ -205,21 +209,22 @@ def _row_math(maps, coverage, boxes, loss, image_h, image_w, eps, scale=1.0, mas
     ph = maps  # placeholder for a pointer this launch does not read
     launch_per_sample(
         _guidance_rows_kernel, r, h * w, maps, ph if from_boxes else coverage,
-        boxes if from_boxes and n_boxes else ph, ph if grad is None else grad, out, h * w, w,
-        n_boxes, image_h, image_w, image_h / h, image_w / w, scale, eps, LOSS=loss,
+        boxes if from_boxes and n_boxes else ph, cell_weights if cell_weights.numel() else ph,
+        ph if grad is None else grad, out, h * w, w, n_boxes, image_h, image_w, image_h / h,
+        image_w / w, int(cell_weights.numel() > 0), scale, eps, LOSS=loss,
         GRAD=grad is not None, MASK=mask, BLOCK_B=block_b, BLOCK_W=block_w)
     return out
 
 
 @register
 def guidance_loss(features: Tensor, grads: Tensor, boxes: Tensor, rows: Tensor,
-                  coverage: Tensor, kind: int, loss: int, image_h: float, image_w: float,
-                  eps: float) -> tuple[Tensor, Tensor, Tensor]:
+                  coverage: Tensor, cell_weights: Tensor, kind: int, loss: int, image_h: float,
+                  image_w: float, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row losses (R, float32), then the hidden maps (R x h x w) and the channel kinds'
     weights (R x K; R x 0 for pixel and ixg)."""
     side = kind_side(features, grads, kind)
     maps = attention_maps(features, [side], relu=_form(kind) != "sum", rows=rows)[0]
-    out = _row_math(maps, coverage, boxes, loss, image_h, image_w, eps)
+    out = _row_math(maps, coverage, cell_weights, boxes, loss, image_h, image_w, eps)
     weights = side.weights(maps.dtype) if _form(kind) in ("positive", "signed") else \
         maps.new_empty((maps.shape[0], 0))
     return out, maps, weights
@@ -227,14 +232,15 @@ def guidance_loss(features: Tensor, grads: Tensor, boxes: Tensor, rows: Tensor,
 
 @register
 def guidance_loss_backward(grad: Tensor, features: Tensor, grads: Tensor, boxes: Tensor,
-                           rows: Tensor, coverage: Tensor, maps: Tensor, weights: Tensor,
-                           kind: int, loss: int, image_h: float, image_w: float, eps: float
-                           ) -> tuple[Tensor, Tensor]:
+                           rows: Tensor, coverage: Tensor, cell_weights: Tensor, maps: Tensor,
+                           weights: Tensor, kind: int, loss: int, image_h: float,
+                           image_w: float, eps: float) -> tuple[Tensor, Tensor]:
     """(d_features like features, d_grads like grads) from the saved maps and weights."""
     k, hw = features.shape[1], features.shape[2] * features.shape[3]
     scale = 1.0 / max(k, 1) if _form(kind) is None else 1.0
     mask = _form(kind) != "sum" or loss != LOSS_CODES["rrr"]  # rrr of the signed ixg map: no ReLU
-    e = _row_math(maps, coverage, boxes, loss, image_h, image_w, eps, scale, mask, grad)
+    e = _row_math(maps, coverage, cell_weights, boxes, loss, image_h, image_w, eps, scale, mask,
+                  grad)
     e = e.view(maps.shape[0], hw)
     if _form(kind) not in ("positive", "signed"):  # the map is sum_k w G F or, for R x K grads, sum_k g F
         return rows_grads(features, rows, e, grads, MAP if grads.dim() == 4 else VEC)

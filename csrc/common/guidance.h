@@ -115,11 +115,15 @@ template <class T> ATTNFAST_HD inline T sign(T x) { return T(x > T(0)) - T(x < T
 template <class T> ATTNFAST_HD inline T rrr_term(T a, T cov) { return (T(1) - cov) * a * a; }
 template <class T> ATTNFAST_HD inline T rrr_grad(T g, T a, T cov) { return T(2) * g * (T(1) - cov) * a; }
 
-// energy from s = sum A+ and inside = sum A+ cov: 1 when s < eps (a NaN s is not: NaN).
+// t_p: the weight of cell p in the energy's total sum A+ t: 1, or given (the bilinear option,
+// decision 24: the cell's share of the map upsampled to the image; t null means 1).
+template <class T> ATTNFAST_HD inline T cell_weight(const T* t, int64_t p) { return t ? t[p] : T(1); }
+
+// energy from s = sum A+ t and inside = sum A+ cov: 1 when s < eps (a NaN s is not: NaN).
 template <class T> ATTNFAST_HD inline T energy_value(T s, T inside, T eps) {
   return s < eps ? T(1) : T(1) - inside / s;
 }
-// g dL/dA+_p = gi cov_p + gs (0 when s < eps).
+// g dL/dA+_p = gi cov_p + gs t_p (0 when s < eps).
 template <class T> struct EnergyGrad {
   T gi, gs;
 };
@@ -163,8 +167,8 @@ ATTNFAST_HD inline T normalize_grad_at(T g, T a, T m, T eps, T g_tied, T ties, T
 
 // The loss of one row; ap: P scratch (A+, then Â for l1/ppce).
 template <class T>
-ATTNFAST_HD inline T guidance_value(const T* a, const T* cov, int64_t P, int64_t loss, T eps,
-                                    T* ap) {
+ATTNFAST_HD inline T guidance_value(const T* a, const T* cov, const T* t, int64_t P, int64_t loss,
+                                    T eps, T* ap) {
   if (loss == kRrr) {
     T s = T(0);
     for (int64_t p = 0; p < P; ++p) s += rrr_term(a[p], cov[p]);
@@ -173,7 +177,7 @@ ATTNFAST_HD inline T guidance_value(const T* a, const T* cov, int64_t P, int64_t
   for (int64_t p = 0; p < P; ++p) ap[p] = relu(a[p]);
   if (loss == kEnergy) {
     T s = T(0), inside = T(0);
-    for (int64_t p = 0; p < P; ++p) s += ap[p], inside += ap[p] * cov[p];
+    for (int64_t p = 0; p < P; ++p) s += ap[p] * cell_weight(t, p), inside += ap[p] * cov[p];
     return energy_value(s, inside, eps);
   }
   normalize(ap, P, eps, ap);
@@ -187,8 +191,8 @@ ATTNFAST_HD inline int64_t guidance_scratch(int64_t P) { return 2 * P; }
 
 // da = g dL/dA of one row (written, not added); scratch: guidance_scratch(P).
 template <class T>
-ATTNFAST_HD inline void guidance_backward(T g, const T* a, const T* cov, int64_t P, int64_t loss,
-                                          T eps, T* scratch, T* da) {
+ATTNFAST_HD inline void guidance_backward(T g, const T* a, const T* cov, const T* t, int64_t P,
+                                          int64_t loss, T eps, T* scratch, T* da) {
   if (loss == kRrr) {
     for (int64_t p = 0; p < P; ++p) da[p] = rrr_grad(g, a[p], cov[p]);
     return;
@@ -197,9 +201,10 @@ ATTNFAST_HD inline void guidance_backward(T g, const T* a, const T* cov, int64_t
   for (int64_t p = 0; p < P; ++p) ap[p] = relu(a[p]);
   if (loss == kEnergy) {
     T s = T(0), inside = T(0);
-    for (int64_t p = 0; p < P; ++p) s += ap[p], inside += ap[p] * cov[p];
+    for (int64_t p = 0; p < P; ++p) s += ap[p] * cell_weight(t, p), inside += ap[p] * cov[p];
     const EnergyGrad<T> e = energy_grad(g, s, inside, eps);
-    for (int64_t p = 0; p < P; ++p) da[p] = relu_backward(e.gi * cov[p] + e.gs, a[p]);
+    for (int64_t p = 0; p < P; ++p)
+      da[p] = relu_backward(e.gi * cov[p] + e.gs * cell_weight(t, p), a[p]);
     return;
   }
   const T d = norm_denominator(ap, P, eps);

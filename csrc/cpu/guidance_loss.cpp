@@ -25,6 +25,7 @@ template <class S, class A> struct Ptrs {
   const A* g2 = nullptr;  // R x K G
   const int64_t* rows;
   const A *boxes, *cov;   // cov null: from the boxes
+  const A* t;             // cell weights of the energy's total, null: 1
   Layout lf, lg;
   int64_t K, P, h, w, B;
   bool pixel_mode;
@@ -43,6 +44,7 @@ template <class S, class A> Ptrs<S, A> ptrs(const host::Guidance& in) {
   q.rows = in.rows.const_data_ptr<int64_t>();
   q.boxes = in.boxes.const_data_ptr<A>();
   q.cov = in.coverage.numel() ? in.coverage.const_data_ptr<A>() : nullptr;
+  q.t = in.cell_weights.numel() ? in.cell_weights.const_data_ptr<A>() : nullptr;
   q.lf = layout_of(in.f);
   q.K = in.f.size(1), q.h = in.f.size(2), q.w = in.f.size(3), q.P = q.h * q.w;
   q.B = in.boxes.size(1);
@@ -169,7 +171,7 @@ void run(const host::GuidanceLoss& a) {
       A* m = maps + r * P;
       row_map(q, r, w, m);
       std::copy(w, w + kw, weights + r * kw);
-      out[r] = guidance_value(m, row_coverage(q, r, grid, cov), P, q.o.loss, q.o.eps, ap);
+      out[r] = guidance_value(m, row_coverage(q, r, grid, cov), q.t, P, q.o.loss, q.o.eps, ap);
     });
   });
 }
@@ -198,7 +200,7 @@ void run(const host::GuidanceLossBackward& a) {
       for (int64_t j = offsets[n]; j < offsets[n + 1]; ++j) {
         const int64_t r = order[j];
         const A* m = maps + r * P;
-        guidance_backward(grad[r], m, row_coverage(q, r, grid, cov), P, q.o.loss, q.o.eps, sc, e);
+        guidance_backward(grad[r], m, row_coverage(q, r, grid, cov), q.t, P, q.o.loss, q.o.eps, sc, e);
         const A scale = q.pixel_mode ? pixel_scale(q) : A(1);
         for (int64_t p = 0; p < P; ++p)
           e[p] = (q.o.kind == kIxg ? e[p] : relu_backward(e[p], m[p])) * scale;

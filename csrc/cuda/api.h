@@ -170,6 +170,7 @@ struct GuidanceArgs {
   int64_t r, b;           // rows; boxes per row
   const float* boxes;     // R x b x 4 (y0, x0, y1, x1), image pixels; read when coverage is null
   const float* coverage;  // R x h x w, or null: computed from the boxes
+  const float* cell_weights;  // h x w weights of the energy's total (decision 24), or null: 1
   GuidanceOptions<float> o;
 };
 // Outputs: loss R; maps R x h x w (the raw A); weights R x K for the channel and gradcam kinds

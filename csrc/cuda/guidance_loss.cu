@@ -141,7 +141,7 @@ template <class T> struct Forward {
     if (lo == kEnergy) {
       ATTNFAST_BLOCK_LOOP(q, P) {
         const float ap = relu(a[q]);
-        v[0] += ap, v[1] += ap * cov[q];
+        v[0] += ap * cell_weight(in.a.cell_weights, q), v[1] += ap * cov[q];
       }
       block_sum(v);
       if (threadIdx.x == 0) loss[r] = energy_value(v[0], v[1], eps);
@@ -178,13 +178,16 @@ template <class T> struct Backward {
       }
     } else if (lo == kEnergy) {
       float v[2] = {0.f, 0.f};
+      const float* t = in.a.cell_weights;
       ATTNFAST_BLOCK_LOOP(q, P) {
         const float ap = relu(a[q]);
-        v[0] += ap, v[1] += ap * cov[q];
+        v[0] += ap * cell_weight(t, q), v[1] += ap * cov[q];
       }
       block_sum(v);
       const EnergyGrad<float> eg = energy_grad(g, v[0], v[1], eps);
-      ATTNFAST_BLOCK_LOOP(q, P) e[q] = relu_backward(eg.gi * cov[q] + eg.gs, a[q]) * s;
+      ATTNFAST_BLOCK_LOOP(q, P) {
+        e[q] = relu_backward(eg.gi * cov[q] + eg.gs * cell_weight(t, q), a[q]) * s;
+      }
     } else {
       // u = A+ / d: dL/du (norm_loss_grad), then normalize's backward (normalize_grad_at: ties
       // at the max split evenly), then A+ -> A by [A > 0].

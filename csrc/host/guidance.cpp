@@ -8,7 +8,7 @@
 namespace attnfast::host {
 
 Guidance guidance_inputs(const Tensor& features, const Tensor& grads, const Tensor& boxes,
-                         const Tensor& rows, const Tensor& coverage,
+                         const Tensor& rows, const Tensor& coverage, const Tensor& cell_weights,
                          const GuidanceOptions<double>& o, const Target& tg) {
   TORCH_CHECK_VALUE(o.kind >= kPixel && o.kind <= kIxg, tg.prefix, "kind must be 0..3, got ", o.kind);
   TORCH_CHECK_VALUE(o.loss >= kEnergy && o.loss <= kRrr, tg.prefix, "loss must be 0..3, got ", o.loss);
@@ -30,6 +30,9 @@ Guidance guidance_inputs(const Tensor& features, const Tensor& grads, const Tens
   in.boxes = boxes.to(c.acc).contiguous();
   in.coverage = coverage.numel() == 0 ? coverage
                                       : small(coverage, "coverage", {in.r, c.h, c.w}, c.acc, tg);
+  in.cell_weights = cell_weights.numel() == 0
+                        ? cell_weights
+                        : small(cell_weights, "cell_weights", {c.h, c.w}, c.acc, tg);
   return in;
 }
 

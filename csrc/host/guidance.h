@@ -2,8 +2,8 @@
 // common/guidance.h, the kernels csrc/cpu/guidance_loss.cpp and csrc/cuda/guidance_loss.cu).
 // Rows r = (image rows[r], class): F is N x K x h x w (the lead big tensor), G is R x K x h x w
 // (its own pixel-strided layout) or R x K (`flat`: a gradient equal at every pixel, accumulation
-// dtype); boxes R x B x 4 and coverage (R x h x w, or empty: computed from the boxes) in the
-// accumulation dtype; rows R int64 in [0, N). Outputs: the per-row loss and the hidden maps
+// dtype); boxes R x B x 4, coverage (R x h x w, or empty: computed from the boxes) and
+// cell_weights (h x w, the energy's total weights, or empty: 1) in the accumulation dtype; rows R int64 in [0, N). Outputs: the per-row loss and the hidden maps
 // (R x h x w, the raw A) and channel weights (R x K for the channel and gradcam kinds, R x 0
 // otherwise) the backward takes again.
 #pragma once
@@ -15,13 +15,13 @@ namespace attnfast::host {
 
 // The checked inputs of one call.
 struct Guidance {
-  Tensor f, g, boxes, rows, coverage;
+  Tensor f, g, boxes, rows, coverage, cell_weights;  // cell_weights: h x w, or empty (all 1)
   bool flat;
   int64_t r;  // rows
   GuidanceOptions<double> o;
 };
 Guidance guidance_inputs(const Tensor& features, const Tensor& grads, const Tensor& boxes,
-                         const Tensor& rows, const Tensor& coverage,
+                         const Tensor& rows, const Tensor& coverage, const Tensor& cell_weights,
                          const GuidanceOptions<double>& o, const Target& tg);
 
 // True for the kinds whose maps are built from channel weights (saved by the forward).
@@ -38,9 +38,9 @@ struct GuidanceLoss {
 };
 template <const Target& tg, Kernel<GuidanceLoss> kernel>
 Tensor3 guidance_loss(const Tensor& features, const Tensor& grads, const Tensor& boxes,
-                      const Tensor& rows, const Tensor& coverage, int64_t kind, int64_t loss,
-                      double image_h, double image_w, double eps) {
-  const Guidance in = guidance_inputs(features, grads, boxes, rows, coverage,
+                      const Tensor& rows, const Tensor& coverage, const Tensor& cell_weights,
+                      int64_t kind, int64_t loss, double image_h, double image_w, double eps) {
+  const Guidance in = guidance_inputs(features, grads, boxes, rows, coverage, cell_weights,
                                       {kind, loss, image_h, image_w, eps}, tg);
   const auto acc = in.f.options().dtype(acc_dtype({in.f}, tg));
   const int64_t k = guidance_has_weights(kind) ? in.f.size(1) : 0;
@@ -67,10 +67,11 @@ GuidanceLossBackward guidance_backward_args(const Tensor& grad, Guidance in, con
 template <const Target& tg, Kernel<GuidanceLossBackward> kernel>
 Tensor2 guidance_loss_backward(const Tensor& grad, const Tensor& features, const Tensor& grads,
                                const Tensor& boxes, const Tensor& rows, const Tensor& coverage,
-                               const Tensor& maps, const Tensor& weights, int64_t kind,
-                               int64_t loss, double image_h, double image_w, double eps) {
+                               const Tensor& cell_weights, const Tensor& maps,
+                               const Tensor& weights, int64_t kind, int64_t loss, double image_h,
+                               double image_w, double eps) {
   const GuidanceLossBackward a = guidance_backward_args(
-      grad, guidance_inputs(features, grads, boxes, rows, coverage,
+      grad, guidance_inputs(features, grads, boxes, rows, coverage, cell_weights,
                             {kind, loss, image_h, image_w, eps}, tg),
       maps, weights, features, grads, tg);
   kernel(a);

@@ -296,8 +296,9 @@ def test_sharpen_focus():
 
 
 def test_guidance():
-    """guidance_loss: every kind x loss, coverage from the boxes and given, 4-D G in the other
-    memory format than F or R x K G, rows sharing an image and images without rows."""
+    """guidance_loss: every kind x loss, coverage from the boxes and given (energy also with the
+    bilinear option's coverage and cell weights), 4-D G in the other memory format than F or
+    R x K G, rows sharing an image and images without rows."""
     kinds = {"pixel": 0, "channel": 1, "gradcam": 2, "ixg": 3}
     losses = ("energy", "l1", "ppce", "rrr")
     cases = [((3, 13, 5, 7), (0, 2, 0, 2)), ((3, 6, 1, 1), (2, 0, 2)), ((2, 5, 1, 9), (1, 1, 0)),
@@ -305,9 +306,11 @@ def test_guidance():
     if QUICK:
         cases = cases[:2]
     for (shape, rows), kind, li, fmt, dt, flat, given in itertools.product(
-            cases, kinds, range(4), FORMATS, DTYPES, (False, True), (False, True)):
+            cases, kinds, range(4), FORMATS, DTYPES, (False, True), (False, True, "bilinear")):
         if dt != torch.float32 and (flat or given or li % 2):
             continue  # keep the run short: low precision only on the boxes / 4-D G path
+        if given == "bilinear" and li != 0:
+            continue  # the bilinear option is the energy's
         loss = losses[li]
         n, k, h, w = shape
         r, rows_t = len(rows), torch.tensor(rows)
@@ -318,19 +321,23 @@ def test_guidance():
         img = (7 * h + 3, 5 * w + 2)
         lo = torch.rand(r, 2, 2) * 0.8 - 0.1
         boxes = (torch.cat([lo, lo + torch.rand(r, 2, 2) * 0.7], 2) * torch.tensor(img * 2) * 4).round() / 4
-        cov64 = R.box_coverage(boxes.double(), img, (h, w))
+        up = "bilinear" if given == "bilinear" else "area"
+        cov64 = R.box_coverage(boxes.double(), img, (h, w), up)
         cov = cov64.float().contiguous() if given else None
+        t64 = R.cell_weights(img, (h, w)) if given == "bilinear" else None
+        t = t64.float().contiguous() if given == "bilinear" else None
         ib = (C.c_int64 * 5)(r, 2, kinds[kind], li, int(flat))
         fo = (C.c_float * 3)(img[0], img[1], 1e-6)
         lg = (C.c_int64 * 3)(*(list(geo(G))[4:] if not flat else [0, 0, 0]))
-        ptr = (C.c_void_p * 5)(*[P(t).value for t in (F, G, rows_t, boxes, cov)])
+        ptr = (C.c_void_p * 6)(*[P(x).value for x in (F, G, rows_t, boxes, cov, t)])
         out, maps = torch.empty(r), torch.empty(r, h, w)
         weights = torch.empty(r, k if kind in ("channel", "gradcam") else 0)
         assert lib.emu_guidance_loss(DT[dt], geo(F), lg, ib, fo, ptr, P(out), P(maps), P(weights)) == 0
-        fn = lambda f, g: R.guidance_loss(f, g, rows_t, cov64.to(f.dtype), kind, loss)  # noqa: E731
-        up = torch.randn(r, dtype=torch.float64)
-        outs, grs = grads64(fn, [F, G], [up])
-        outs32, grs32 = grads32(fn, [F, G], [up])
+        fn = lambda f, g: R.guidance_loss(f, g, rows_t, cov64.to(f.dtype), kind, loss,  # noqa: E731
+                                          weights=t64)
+        gout = torch.randn(r, dtype=torch.float64)
+        outs, grs = grads64(fn, [F, G], [gout])
+        outs32, grs32 = grads32(fn, [F, G], [gout])
         tol = 1e-4 if dt == torch.float32 else 2e-3
         # ppce / l1 of a 1 x 1 map are eps-sized differences of O(1) values: judged against the
         # float32 reference's own error (want32), as the backward checks
@@ -339,7 +346,7 @@ def test_guidance():
         srt = torch.sort(rows_t, stable=True)
         order, offsets = srt.indices.contiguous(), torch.searchsorted(srt.values, torch.arange(n + 1))
         dF, dG = torch.empty_like(F), torch.empty_like(G)
-        assert lib.emu_guidance_loss_backward(DT[dt], geo(F), lg, ib, fo, ptr, P(up.float()), P(maps), P(weights),
+        assert lib.emu_guidance_loss_backward(DT[dt], geo(F), lg, ib, fo, ptr, P(gout.float()), P(maps), P(weights),
                                               P(order), P(offsets), P(dF), P(dG)) == 0
         if loss == "energy" and h * w == 1:
             continue  # L = 1 - cov for any A > 0: an exact-zero gradient, only rounding to compare

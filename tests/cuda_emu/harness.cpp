@@ -104,13 +104,14 @@ int emu_ggam_loss_backward(int64_t n, int64_t k, const float* g, const float* s,
   return ggam_loss_backward(n, k, g, s, b, eps, ds, db, nullptr);
 }
 // guidance: gf[7] F's geometry, lg[3] G's layout; ib: r, b, kind, loss, flat; fo: image_h, image_w, eps;
-// ptr: f, g (4-D or R x K), rows, boxes, coverage (null: from the boxes)
+// ptr: f, g (4-D or R x K), rows, boxes, coverage (null: from the boxes), cell weights (null: 1)
 static GuidanceArgs guide_args(const int64_t* gf, const int64_t* lg, const int64_t* ib, const float* fo, void* const* ptr) {
   GuidanceArgs a{};
   a.geo = geo(gf), a.f = ptr[0];
   if (ib[4]) a.g_flat = static_cast<const float*>(ptr[1]); else a.g = ptr[1], a.lg = {lg[0], lg[1], lg[2]};
   a.rows = static_cast<const int64_t*>(ptr[2]), a.r = ib[0], a.b = ib[1];
   a.boxes = static_cast<const float*>(ptr[3]), a.coverage = static_cast<const float*>(ptr[4]);
+  a.cell_weights = static_cast<const float*>(ptr[5]);
   a.o = {ib[2], ib[3], fo[0], fo[1], fo[2]};
   return a;
 }

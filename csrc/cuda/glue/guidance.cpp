@@ -24,6 +24,7 @@ GuidanceArgs args_of(const host::Guidance& in) {
   a.r = in.r, a.b = in.boxes.size(1);
   a.boxes = fptr(in.boxes);
   a.coverage = fptr(in.coverage);
+  a.cell_weights = fptr(in.cell_weights);
   a.o = host::guidance_options_as<float>(in.o);
   return a;
 }
