@@ -1,7 +1,8 @@
 """The paper recipes (``attnfast.train.recipes.RECIPES``): every one resolves to a valid
 configuration (``--dry-run``), the fine-grained ones and guidance on VOC carry the papers'
-numbers (pinned here from the papers, not read from the table), the README's table of experiments names every recipe with
-a command that resolves, and the two parameter groups follow the LR schedule at their rates."""
+numbers (pinned here from the papers, not read from the table), the README's table of
+experiments names every recipe with a command that resolves, and the two parameter groups follow
+the LR schedule at their rates."""
 import json
 import re
 from pathlib import Path
