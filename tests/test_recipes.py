@@ -1,7 +1,8 @@
 """The paper recipes (``attnfast.train.recipes.RECIPES``): every one resolves to a valid
-configuration (``--dry-run``), the fine-grained ones carry the papers' numbers (pinned here from
-the papers, not read from the table), the README's table of experiments names every recipe with
-a command that resolves, and the two parameter groups follow the LR schedule at their rates."""
+configuration (``--dry-run``), the fine-grained ones and guidance on VOC carry the papers'
+numbers (pinned here from the papers, not read from the table), the README's table of
+experiments names every recipe with a command that resolves, and the two parameter groups follow
+the LR schedule at their rates."""
 import json
 import re
 from pathlib import Path
@@ -80,6 +81,22 @@ def test_ggam_recipes(data, model, weights, layers, capsys):
         (*layers, layers[1])
 
 
+# guidance from boxes (Rao et al. 2023: ImageNet ResNet-50 at 224, batch 64, energy loss of the
+# last layer's Grad-CAM, second order, as its authors' code runs it), on VOC 2012
+GUIDANCE_VOC = dict(data="voc2012", model="resnet50", pretrained="ResNet50_Weights.IMAGENET1K_V1",
+                    image_size=224, batch_size=64, guidance_loss="energy",
+                    guidance_attention="gradcam", guidance_layers="last", order="second",
+                    box_fraction=1.0, methods=["baseline", "guidance"])
+
+
+def test_guidance_voc_recipe(capsys):
+    cfg = dry_run(capsys, "--recipe", "voc2012-resnet50-guidance")
+    assert {k: cfg[k] for k in GUIDANCE_VOC} == GUIDANCE_VOC
+    assert cfg["layers"]["last"] == "layer4"
+    assert dry_run(capsys, "--recipe", "voc2012-resnet50-guidance", "--box-fraction",
+                   "0.01")["box_fraction"] == 0.01
+
+
 def test_dry_run_refuses_what_cannot_run(capsys):
     with pytest.raises(SystemExit, match="--backbone-lr-scale must be positive"):
         train.main(["--backbone-lr-scale", "0", "--dry-run"])
@@ -90,7 +107,7 @@ def test_dry_run_refuses_what_cannot_run(capsys):
 def readme_experiments():
     """(recipe, command) of each row of the README's table of the papers' experiments."""
     text = README.read_text()
-    start = text.index("## Every experiment of the two papers")
+    start = text.index("## Every experiment of the papers")
     rows = []
     for line in text[start:].splitlines()[1:]:
         if line.startswith("## "):
@@ -225,5 +242,5 @@ def torch_backend():
 
 def test_readme_states_nothing_was_run():
     text = README.read_text()
-    section = text[text.index("## Every experiment of the two papers"):]
+    section = text[text.index("## Every experiment of the papers"):]
     assert re.search(r"None of these has been run here", section)

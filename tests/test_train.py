@@ -406,26 +406,6 @@ def test_cifar_pickles(tmp_path):
     assert d.prepare(torch.stack([x, x]), train=True).shape == (2, 3, 32, 32)
 
 
-def test_voc_from_a_local_vocdevkit(tmp_path):
-    image = pytest.importorskip("PIL.Image")
-    root = tmp_path / "VOCdevkit" / "VOC2012"
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True)
-    objects = {"a": ["dog", "person"], "b": ["car"]}
-    for i, names in objects.items():
-        image.new("RGB", (20, 10), (200, 10, 10)).save(root / "JPEGImages" / f"{i}.jpg")
-        xml = "".join(f"<object><name>{n}</name><difficult>0</difficult></object>" for n in names)
-        (root / "Annotations" / f"{i}.xml").write_text(f"<annotation>{xml}</annotation>")
-    (root / "ImageSets/Main/train.txt").write_text("a\n")
-    (root / "ImageSets/Main/val.txt").write_text("b\n")
-    d = data_mod.load("voc2012", tmp_path, image_size=16)
-    assert d.multilabel and d.num_classes == 20
-    x, y = d.train[0]
-    assert x.shape == (3, 16, 16) and x.dtype == torch.uint8
-    assert {data_mod.VOC_CLASSES[i] for i in y.nonzero()[:, 0].tolist()} == {"dog", "person"}
-    assert d.test[0][1][data_mod.VOC_CLASSES.index("car")] == 1
-
-
 # ----------------------------------------------------------------------------- models
 
 @pytest.mark.parametrize("name,shortcut,params", [

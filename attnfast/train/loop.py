@@ -55,10 +55,11 @@ def train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg
     guided = isinstance(getattr(net, "module", net), Guidance)
     for it, batch in enumerate(bar):
         y = batch[1].to(dst.device)
-        if guided:  # (image, label, box, annotated): boxes move with the augmentation
+        if guided:  # (image, target, boxes[, classes], annotated): boxes move with the images
             x, boxes = data.prepare(batch[0].to(dst.device, non_blocking=True), train=True,
                                     boxes=batch[2].to(dst.device))
-            extra = (boxes, batch[3].to(dst.device))
+            extra = (boxes, batch[-1].to(dst.device),
+                     batch[3].to(dst.device) if data.box_classes else None)
         else:
             x, extra = data.prepare(batch[0].to(dst.device, non_blocking=True), train=True), ()
         if ramp is not None:
@@ -101,8 +102,8 @@ def train_epoch(net, loader, data, opt, sched, scaler, ctx, dst, show, desc, cfg
 
 
 class Annotated(Dataset):
-    """(image, label, box, annotated) of a dataset with boxes: ``annotated[i]`` says whether
-    sample i's box is used (guidance with --box-fraction)."""
+    """A sample of a dataset with boxes, then ``annotated[i]``: whether sample i's boxes are used
+    (guidance with --box-fraction)."""
 
     def __init__(self, base, annotated):
         self.base, self.annotated = base, annotated
@@ -119,7 +120,7 @@ def box_subset(cfg, data, run_dir):
     one for a fraction > 0), drawn once per seed; listed in ``run_dir/boxes_used.json``."""
     if not data.boxes:
         raise SystemExit(f"--method guidance needs boxes; {data.name} has none (sources with "
-                         "boxes: located-digits, located-digits-cue)")
+                         "boxes: located-digits, located-digits-cue, voc2012)")
     n = len(data.train)
     k = min(n, max(1 if cfg["box_fraction"] > 0 else 0, round(cfg["box_fraction"] * n)))
     chosen = torch.randperm(n, generator=torch.Generator().manual_seed(cfg["seed"] + 7919))[:k]

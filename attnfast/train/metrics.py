@@ -44,15 +44,16 @@ LAYERS = ("inner", "last")
 def evaluate(probe, loader, data, ctx, dst):
     """Metrics of the model in eval mode over ``loader`` (one split): top-1/top-5 % (or mAP/AUC %
     for multi-label), the means of the Sharpen Focus parts measured by ``probe`` (``inner_iou``,
-    ``last_iou``: masked soft-IoU target vs confuser; ``consistency``: L_ac) and, when the data
-    carries boxes, the localization of :mod:`.localize` at both layers: ``{layer}_energy`` and
-    ``{layer}_pointing`` of the target map, ``{layer}_confuser_energy`` of the confuser map.
+    ``last_iou``: masked soft-IoU target vs confuser; ``consistency``: L_ac) and, when every
+    sample carries one box (``data.one_box``), the localization of :mod:`.localize` at both
+    layers: ``{layer}_energy`` and ``{layer}_pointing`` of the target map,
+    ``{layer}_confuser_energy`` of the confuser map.
     Every metric is NaN when an image's logits or maps hold a NaN (NaN in, NaN out)."""
     model = probe.model
     was = model.training
     model.eval()
     keys = ["n", "top1", "top5", "inner_iou", "last_iou", "consistency"]
-    if data.boxes:
+    if data.one_box:
         keys += [f"{layer}_{k}" for layer in LAYERS
                  for k in ("energy", "pointing", "confuser_energy")]
     sums = dict.fromkeys(keys, 0.0)
@@ -74,7 +75,7 @@ def evaluate(probe, loader, data, ctx, dst):
             sums["n"] += len(x)
             for k, p in zip(("inner_iou", "last_iou", "consistency"), parts[1:]):
                 sums[k] += p.double().sum().item()
-            if data.boxes:
+            if data.one_box:
                 for layer in LAYERS:
                     energy, pointing = localization(maps[f"{layer}_target"], batch[2],
                                                     x.shape[-2:])

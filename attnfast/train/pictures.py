@@ -56,7 +56,7 @@ def attention_pictures(cfg, data, results, dst):
             break
     x = torch.stack([split[i][0] for i in idx]).to(dst.device)
     y = torch.stack([torch.as_tensor(split[i][1]) for i in idx])
-    boxes = torch.stack([split[i][2] for i in idx]) if data.boxes else None
+    boxes = torch.stack([split[i][2] for i in idx]) if data.one_box else None
     x = data.prepare(x, train=False)
     shown = data.unnormalize(x)
     panels, written = {}, []
@@ -70,6 +70,6 @@ def attention_pictures(cfg, data, results, dst):
         written.append(attention_figure(
             Path(cfg["out"]) / "comparison.png", shown, y, data.class_names, panels,
             title=f"top-5 class attention ({cfg['attention']}, {results[0]['_last']}); "
-                  "true class in green" + ("; object box in white" if data.boxes else ""),
+                  "true class in green" + ("; object box in white" if data.one_box else ""),
             boxes=boxes))
     return written

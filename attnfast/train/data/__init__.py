@@ -11,8 +11,9 @@
   and ``cub200`` (``CUB_200_2011`` with its official split): image files through torchvision.
 * ``fgvc-aircraft`` (100 variants, trainval / test) and ``stanford-cars`` (196 classes): their
   official layouts through torchvision's datasets (see :mod:`.fgvc`).
-* ``voc2012``: PASCAL VOC 2012 classification (``train`` / ``val`` lists of a local VOCdevkit),
-  20 classes multi-hot from the annotation XML (parsed with the standard library), images by PIL.
+* ``voc2012``: PASCAL VOC 2012 (``train`` / ``val`` lists of a local VOCdevkit), 20 classes
+  multi-hot and the objects' boxes (with their classes, difficult and truncated ones kept) from
+  the annotation XML (parsed with the standard library), images by PIL (see :mod:`.voc`).
 * ``located-digits`` (the main job's task) / ``located-digits-cue``: a digit pasted at a random
   place on a larger canvas among fragments of other digits, its box known, train / validation /
   test split by source image (see :mod:`.located`); ``-cue`` adds a class-correlated cue in
@@ -20,9 +21,10 @@
 * ``synthetic`` / ``synthetic-multilabel``: noise plus a bright square at a class-specific place
   (one square per positive class); learnable in seconds, for tests and throughput runs.
 
-Modules: ``base`` (:class:`Data`, augmentation, shards), ``arrays`` (in-memory sources), ``files``
-(image-file sources), ``fgvc`` (FGVC-Aircraft, Stanford Cars), ``located`` (the located digits). A
-new source is a function returning a :class:`Data` in one of them and an entry in ``SOURCES``.
+Modules: ``base`` (:class:`Data`, augmentation, shards), ``arrays`` (in-memory sources),
+``files`` (image-file sources through torchvision), ``voc`` (PASCAL VOC 2012), ``fgvc``
+(FGVC-Aircraft, Stanford Cars), ``located`` (the located digits). A new source is a function
+returning a :class:`Data` in one of them and an entry in ``SOURCES``.
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ import os
 from .arrays import cifar, digits, synthetic
 from .base import Data, first, shard
 from .fgvc import fgvc_aircraft, stanford_cars
-from .files import VOC_CLASSES, caltech256, cub200, imagefolder, voc2012
+from .files import caltech256, cub200, imagefolder
 from .located import located_digits
+from .voc import VOC_CLASSES, voc2012
 
 __all__ = ["Data", "load", "SOURCES", "FROM_FOLDER", "VOC_CLASSES", "shard", "first"]
 

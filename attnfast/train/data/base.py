@@ -20,13 +20,18 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 @dataclass
 class Data:
     """Train/test (and optionally validation) datasets yielding (image, target) -- or
-    (image, target, box) when ``boxes`` -- and what the trainer needs to know.
+    (image, target, box) when ``boxes``, (image, target, boxes, classes) with ``box_classes``
+    too -- and what the trainer needs to know.
 
     ``scale``: in-memory images are divided by it (255 for uint8) before normalizing; ``pad`` and
     ``flip``: batch augmentation of in-memory sources (0 / False when the dataset does its own).
     ``val``: a validation split disjoint from test (None when the source has none); ``boxes``:
-    every sample carries the object's box (y0, x0, y1, x1), half-open, in image pixels;
-    ``sources``: for built data sets, the indices of the source images behind each split.
+    every sample carries the object's box (y0, x0, y1, x1), half-open, in image pixels (the
+    boxes :meth:`prepare` moves and guidance uses); ``box_classes``: with ``boxes``, a sample
+    carries B boxes (B x 4, padded with empty boxes) and the class of each (B, -1 for padding),
+    so that multi-label guidance gives each class its own boxes; the localization metrics
+    (one box per image) are not measured then. ``sources``: for built data sets, the indices of
+    the source images behind each split.
     """
     name: str
     train: Dataset
@@ -43,7 +48,14 @@ class Data:
     flip: bool = False
     val: Dataset | None = None
     boxes: bool = False
+    box_classes: bool = False
     sources: dict | None = None
+
+    @property
+    def one_box(self):
+        """Whether every sample carries one box: what the localization metrics and the pictures
+        use."""
+        return self.boxes and not self.box_classes
 
     def split(self, name):
         """The dataset of split ``name`` ("train", "val" or "test")."""
@@ -56,7 +68,8 @@ class Data:
 
     def prepare(self, images, train, boxes=None):
         """float32 (x / scale - mean) / std, with random pad-crop and flip when ``train``. With
-        ``boxes`` (N x 4, y0, x0, y1, x1) returns (images, boxes moved as the images were)."""
+        ``boxes`` (N x 4 or N x B x 4, y0, x0, y1, x1) returns (images, boxes moved as the images
+        were)."""
         x = images.float()
         if self.scale != 1.0:
             x = x / self.scale
@@ -101,19 +114,21 @@ def random_flip(x):
 
 
 def move_boxes(boxes, size, shift=None, flipped=None):
-    """Boxes (N x 4, half-open y0, x0, y1, x1) of images shifted by ``shift`` (N x 2) and then
-    flipped horizontally where ``flipped``, clipped to the image (the guidance op clips too)."""
+    """Boxes (N x 4 or N x B x 4, half-open y0, x0, y1, x1) of images shifted by ``shift``
+    (N x 2) and then flipped horizontally where ``flipped`` (N), clipped to the image (the
+    guidance op clips too); empty boxes stay empty."""
     b = boxes.to(torch.float32).clone()
+    per_image = (b.shape[0],) + (1,) * (b.dim() - 2)  # broadcasts an image's value to its boxes
     if shift is not None:
-        b += shift.to(b)[:, [0, 1, 0, 1]]
+        b += shift.to(b)[:, [0, 1, 0, 1]].reshape(*per_image, 4)
     if flipped is not None:
-        x0, x1 = b[:, 1].clone(), b[:, 3].clone()
-        f = flipped.to(b.device)
-        b[:, 1] = torch.where(f, size[1] - x1, x0)
-        b[:, 3] = torch.where(f, size[1] - x0, x1)
+        x0, x1 = b[..., 1].clone(), b[..., 3].clone()
+        f = flipped.to(b.device).reshape(per_image)
+        b[..., 1] = torch.where(f, size[1] - x1, x0)
+        b[..., 3] = torch.where(f, size[1] - x0, x1)
     h, w = size
-    return torch.stack([b[:, 0].clamp(0, h), b[:, 1].clamp(0, w), b[:, 2].clamp(0, h),
-                        b[:, 3].clamp(0, w)], 1)
+    return torch.stack([b[..., 0].clamp(0, h), b[..., 1].clamp(0, w), b[..., 2].clamp(0, h),
+                        b[..., 3].clamp(0, w)], -1)
 
 
 def channel_stats(images, scale):

@@ -1,71 +1,11 @@
-"""Sources read from image files: PASCAL VOC 2012 (PIL and the standard library) and, through
-torchvision, an ImageNet-style folder, Caltech-256 and CUB-200-2011."""
+"""Sources read from image files through torchvision: an ImageNet-style folder, Caltech-256 and
+CUB-200-2011 (PASCAL VOC 2012, read by PIL alone, is in :mod:`.voc`)."""
 from __future__ import annotations
-
-import xml.etree.ElementTree as ET
 
 import torch
 from torch.utils.data import Dataset
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, Data, need_dir
-
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-               "sheep", "sofa", "train", "tvmonitor")
-
-
-class _ImageFiles(Dataset):
-    """(path, target) pairs read with PIL as RGB, resized to size x size, uint8 C x H x W."""
-
-    def __init__(self, samples, size):
-        self.samples, self.size = samples, size
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        import numpy as np
-        from PIL import Image
-        path, target = self.samples[i]
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
-            x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return x, target
-
-
-def voc_labels(annotation_xml):
-    """Multi-hot float tensor of the 20 VOC classes present in one annotation XML file."""
-    y = torch.zeros(len(VOC_CLASSES))
-    for obj in ET.parse(annotation_xml).getroot().iter("object"):
-        name = (obj.findtext("name") or "").strip()
-        if name in VOC_CLASSES:
-            y[VOC_CLASSES.index(name)] = 1.0
-    return y
-
-
-def voc2012(root, image_size=224, **_):
-    """PASCAL VOC 2012 classification: ImageSets/Main/train.txt for training, val.txt for test."""
-    try:
-        import PIL  # noqa: F401
-    except ImportError:
-        raise ImportError("voc2012 needs Pillow to read JPEGs: `pip install pillow`") from None
-    hint = "the folder holding VOCdevkit/VOC2012 (JPEGImages, Annotations, ImageSets/Main)"
-    base = need_dir(root, "voc2012", hint)
-    for cand in (base / "VOCdevkit" / "VOC2012", base / "VOC2012", base):
-        if (cand / "ImageSets" / "Main" / "train.txt").is_file():
-            base = cand
-            break
-    else:
-        raise FileNotFoundError(f"voc2012: no ImageSets/Main/train.txt under {base} ({hint})")
-
-    def split(name):
-        ids = (base / "ImageSets" / "Main" / f"{name}.txt").read_text().split()
-        return _ImageFiles([(base / "JPEGImages" / f"{i}.jpg",
-                             voc_labels(base / "Annotations" / f"{i}.xml")) for i in ids],
-                           image_size)
-
-    return Data("voc2012", split("train"), split("val"), 20, 3, image_size, list(VOC_CLASSES),
-                IMAGENET_MEAN, IMAGENET_STD, multilabel=True, scale=255.0, flip=True)
 
 
 def _torchvision(what):
