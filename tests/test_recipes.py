@@ -86,7 +86,7 @@ def test_ggam_recipes(data, model, weights, layers, capsys):
 GUIDANCE_VOC = dict(data="voc2012", model="resnet50", pretrained="ResNet50_Weights.IMAGENET1K_V1",
                     image_size=224, batch_size=64, guidance_loss="energy",
                     guidance_attention="gradcam", guidance_layers="last", order="second",
-                    box_fraction=1.0, methods=["baseline", "guidance"])
+                    guidance_upsample="bilinear", box_fraction=1.0, methods=["baseline", "guidance"])
 
 
 def test_guidance_voc_recipe(capsys):

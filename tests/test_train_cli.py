@@ -82,6 +82,16 @@ def test_data_dir_that_nothing_reads_is_refused(argv, ok):
         recipes.configure(args)
 
 
+def test_bilinear_guidance_needs_the_energy():
+    args = recipes.parse_args(["--method", "guidance", "--guidance-upsample", "bilinear",
+                               "--guidance-loss", "l1"])
+    with pytest.raises(SystemExit, match="--guidance-upsample bilinear is defined for "
+                                         "--guidance-loss energy only, got l1"):
+        recipes.configure(args)
+    args = recipes.parse_args(["--method", "guidance", "--guidance-upsample", "bilinear"])
+    assert recipes.configure(args)["guidance_upsample"] == "bilinear"
+
+
 def test_out_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert main(out, "--epochs", "1") == 0

@@ -57,8 +57,8 @@ def build(cfg, method, data, dst):
     elif method == "guidance":
         net = Guidance(model, guided_layers(cfg["guidance_layers"], inner, last),
                        attention=cfg["guidance_attention"], loss=cfg["guidance_loss"],
-                       weight=method_weight(cfg, method), second_order=cfg["order"] == "second",
-                       multilabel=data.multilabel, **exact)
+                       upsample=cfg["guidance_upsample"], weight=method_weight(cfg, method),
+                       second_order=cfg["order"] == "second", multilabel=data.multilabel, **exact)
     else:
         net = Baseline(model, multilabel=data.multilabel)
     # the probe measures attention on every method; made after GGAM, its hooks see the

@@ -62,6 +62,7 @@ RECIPES = {
         method="baseline,guidance", image_size=224, batch_size=64, epochs=50,
         lr=0.01, momentum=0.9, weight_decay=1e-4, schedule="cosine",  # assumed
         guidance_loss="energy", guidance_attention="gradcam", guidance_layers="last",
+        guidance_upsample="bilinear",  # its code upsamples the map to 224 x 224 (decision 24)
         guidance_weight=1e-3),  # assumed
 }
 # Sharpen Focus on CUB-200-2011 (Sec. 4): fine-tuning ImageNet-pretrained ResNet-50 / ResNet-101
@@ -90,7 +91,8 @@ DEFAULTS = dict(schedule="cosine", milestones=(), warmup_epochs=0.0, momentum=0.
                 eval_split="test", eval_every=1, workers=None, pictures=6, shortcut=None,
                 per_class=30, compile_backend="inductor", device="auto", ramp_epochs=0.0,
                 ggam_guide="paper", per_sample_grads=False, guidance_loss="energy",
-                guidance_layers="last", guidance_attention="gradcam", box_fraction=1.0,
+                guidance_layers="last", guidance_attention="gradcam", guidance_upsample="area",
+                box_fraction=1.0,
                 guidance_weight=1.0, pretrained=None, backbone_lr_scale=1.0)
 # Sharpen Focus as the paper writes Eq. 9 (a recipe's ``sf`` dict overrides these, the command
 # line overrides both): weight of the attention term, the weights of its three parts, second
@@ -176,6 +178,9 @@ def parse_args(argv=None):
     a("--guidance-layers", help="guidance: 'last', 'inner', 'both' or comma-separated layer names")
     a("--guidance-attention", choices=tuple(GUIDANCE_KINDS),
       help="guidance: the guided map")
+    a("--guidance-upsample", choices=("area", "bilinear"),
+      help="guidance: cells weighted by their area inside the boxes, or the paper code's "
+           "bilinear upsampling of the map to the image (energy only; docs/SPEC.md decision 24)")
     a("--box-fraction", type=float, help="guidance: share of the training images whose boxes "
       "are used (chosen once per seed, listed in the run's boxes_used.json)")
     a("--per-sample-grads", action="store_true", default=None,
@@ -251,6 +256,9 @@ def configure(args) -> dict:
         raise SystemExit(f"--seeds must be at least 1, got {cfg['seeds']}")
     if not 0.0 <= cfg["box_fraction"] <= 1.0:
         raise SystemExit(f"--box-fraction must lie in [0, 1], got {cfg['box_fraction']}")
+    if cfg["guidance_upsample"] == "bilinear" and cfg["guidance_loss"] != "energy":
+        raise SystemExit(f"--guidance-upsample bilinear is defined for --guidance-loss energy "
+                         f"only, got {cfg['guidance_loss']}")
     check(cfg)
     return cfg
 
