@@ -3,6 +3,7 @@ docs/METHOD.md "Guidance from boxes", by the trainer (``attnfast.train``) alone.
 
     python experiments/guidance_located.py sweep            # validation: choose the weight
     python experiments/guidance_located.py test --weight W  # test: 5 seeds, every arm
+    python experiments/guidance_located.py table            # the README's table, from the runs
 
 The rule, written before any run: the guidance weight is the one of {0.1, 1, 10} (energy loss,
 Grad-CAM maps, last layer, boxes for every training image) with the highest mean validation
@@ -66,9 +67,42 @@ def table(results, title):
     return "\n".join(lines) + "\n"
 
 
+def readme_table(out, data):
+    """The README's table (top-1, EPG last, paired Δ) of every arm whose test runs are done."""
+    lines = ["| data | arm | top-1 % | Δ top-1 | EPG last | Δ EPG last | Δ EPG inner |",
+             "|---|---|---|---|---|---|---|"]
+
+    def ms(v, dg):
+        return f"{statistics.mean(v):.{dg}f} ± {statistics.stdev(v):.{dg}f}"
+
+    def delta(v, b, dg):
+        d = [x - y for x, y in zip(v, b)]
+        return f"{statistics.mean(d):+.{dg}f} ± {statistics.stdev(d):.{dg}f}"
+
+    for d in data:
+        base, first = None, True
+        for arm, options in ARMS.items():
+            f = out / "test" / d / arm.replace(" ", "_").replace("%", "pc") / "summary.json"
+            if not f.is_file():
+                continue
+            v = per_seed(json.loads(f.read_text()), options[1])
+            base = base or v
+            label = "(baseline)" if arm == "baseline" else arm.removeprefix("guidance ")
+            cells = [d if first else "", label, ms(v["top1"], 2)]
+            first = False
+            if v is base:
+                cells += ["", ms(v["last_energy"], 3), "", ""]
+            else:
+                cells += [delta(v["top1"], base["top1"], 2), ms(v["last_energy"], 3),
+                          delta(v["last_energy"], base["last_energy"], 3),
+                          delta(v["inner_energy"], base["inner_energy"], 3)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("stage", choices=("sweep", "test"))
+    p.add_argument("stage", choices=("sweep", "test", "table"))
     p.add_argument("--weight", type=float, help="test: the weight the sweep chose")
     p.add_argument("--data", nargs="+", default=["located-digits", "located-digits-cue"])
     p.add_argument("--arms", nargs="+", default=list(ARMS))
@@ -78,6 +112,9 @@ def main(argv=None):
     p.add_argument("--results", default="docs/results")
     a = p.parse_args(argv)
     out = Path(a.out)
+    if a.stage == "table":
+        print(readme_table(out, a.data))
+        return
     if a.stage == "sweep":
         results = {"baseline": per_seed(run_arm(out / "sweep" / "baseline", "located-digits",
                                                 ARMS["baseline"], 2, "val", a.threads), "baseline")}
