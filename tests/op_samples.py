@@ -166,12 +166,16 @@ def _channels_last(x):
 def check_backward_contract(backend, name, fmt, device="cpu"):
     """``<op>_backward(*grads, *tensor inputs, *saved outputs, *options)`` of every backend gives
     what the eager backend's gives (autograd of the reference): one gradient per tensor input,
-    in its dtype, shape and memory layout."""
+    in its dtype, shape and memory layout. ``fmt``: 'nchw', 'channels_last', or 'mixed' (the
+    first argument, the lead big tensor, NCHW and the other big ones channels_last: the host
+    layer computes their gradients in the lead's layout and must hand them back in their own;
+    autograd would hide a wrong layout by copying into ``.grad``)."""
     torch.manual_seed(0)
     op = OPS[name]
     args = sample(name, device=device)
-    if fmt == "channels_last":
-        args = tuple(_channels_last(x) for x in args)
+    if fmt != "nchw":
+        args = tuple(x if fmt == "mixed" and i == 0 else _channels_last(x)
+                     for i, x in enumerate(args))
     n_in = len(op.tensor_inputs)
     ins, options = args[:n_in], args[n_in:]
     results = {}

@@ -116,7 +116,7 @@ def test_every_op_has_an_emulated_kernel():
         assert has_kernel(f"{emu_ext.NAMESPACE}::{name}", "CPU"), f"no emulated kernel: {name}"
 
 
-@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("fmt", ["channels_last", "mixed"])
 @pytest.mark.parametrize("name", list(OPS))
 def test_backward_contract(name, fmt):
     """``<op>_backward`` straight through the glue: gradient per input, dtype, layout, values."""
