@@ -190,9 +190,33 @@ def _sf_case():
 _SF_IN, _SF_OUT, _SF_ZEROS = _sf_case()
 
 
-def _sf_call(*t):
-    out = attnfast.sharpen_focus_loss(*t, omega=2.0, reduction="none")
+def _sf_call(*t, attention="pixel"):
+    out = attnfast.sharpen_focus_loss(*t, attention=attention, omega=2.0, reduction="none")
     return out.inner_iou, out.last_iou, out.consistency
+
+
+def _sf_flat_case():
+    """Channel kind with N x K last-layer gradients (a GAP head's) exactly 0 at one channel:
+    w = ReLU(g) has ReLU'(0) = 0 there. Inner K = 1, 1 x 2: w_t = 1, w_c = 1/2, A_it = [1, 1/2],
+    A_ic = [1/2, 1/4]; last K = 2, 1 x 2: w_t = ReLU([1, 0]), w_c = ReLU([0, 1/2]),
+    A_lt = [1, 1/2], A_lc = [1/4, 1/2]; every mask is sigmoid(omega (A_lt / (1 + eps) - sigma))."""
+    fi, gti, gci = [[[[1.0, 0.5]]]], [[[[1.0, 1.0]]]], [[[[0.5, 0.5]]]]
+    fl, gtl, gcl = [[[[1.0, 0.5]], [[0.5, 1.0]]]], [[1.0, 0.0]], [[0.0, 0.5]]
+    sigma, omega, alpha = 0.55, 2.0, 1.0
+
+    def n(a):
+        return [v / (max(a) + EPS) for v in a]
+    ti, ci, tl, cl = n([1.0, 0.5]), n([0.5, 0.25]), n([1.0, 0.5]), n([0.25, 0.5])
+    mask = [_sig(omega * (v - sigma)) for v in tl]
+
+    def iou(a, b):
+        return 2 * sum(min(x, y) * m for x, y, m in zip(a, b, mask)) / (sum(a) + sum(b) + EPS)
+    cons = alpha - sum(x * m for x, m in zip(ti, mask)) / (sum(ti) + EPS)
+    zeros = {4: T([[False, True]]), 5: T([[True, False]])}  # dg at g = 0
+    return (fi, gti, gci, fl, gtl, gcl), (iou(ti, ci), iou(tl, cl), cons), zeros
+
+
+_SFF_IN, _SFF_OUT, _SFF_ZEROS = _sf_flat_case()
 
 
 # ------------------------------------------------------------------ guidance: ReLU'(0) of A+, a cut cell
@@ -203,10 +227,17 @@ _GU_F, _GU_G = [[[[1.0, 1.0], [1.0, 1.0]]]], [[[[0.5, 0.0], [0.25, -0.5]]]]
 _GU_DA = [[[[-2.0 / 9, 0.0], [4.0 / 9, 0.0]]]]
 
 
-def _guidance_call(f, g):
+def _guidance_call(f, g, attention="ixg", loss="energy"):
     boxes = torch.tensor([[[0.0, 0.0, 3.0, 2.0]]], device=f.device)
-    return attnfast.guidance_loss(f, g, boxes, image_size=(4, 4), attention="ixg",
-                                  reduction="none")
+    return attnfast.guidance_loss(f, g, boxes, image_size=(4, 4), attention=attention,
+                                  loss=loss, reduction="none")
+
+
+# channel kind with R x K gradients exactly 0 at one channel (w = ReLU(g), ReLU'(0) = 0): K = 2,
+# g = [1, 0] gives A = ReLU(F[0]) = [[1/2, 0], [1/4, 1/2]]; with the box above (1 - cov = [[0, 1],
+# [1/2, 1]]) rrr = sum (1 - cov) A^2 = 1/32 + 1/4 = 9/32, dL/dg = [sum 2 (1 - cov) A F[0], 0]
+_GUF_F = [[[[0.5, 0.0], [0.25, 0.5]], [[1.0, -1.0], [0.5, 0.25]]]]
+_GUF_G = [[1.0, 0.0]]
 
 
 TABLE = [
@@ -247,6 +278,14 @@ TABLE = [
                     [[0.0, 0.0]])),
     Boundary("fused_kinks", "sharpen_focus_loss", "ReLU'(0) = 0, max and min ties, fused",
              _SF_IN, _sf_call, tuple([x] for x in _SF_OUT), zeros=_SF_ZEROS, cancel=1.0),
+    Boundary("fused_relu0_flat_grads", "sharpen_focus_loss",
+             "ReLU'(0) = 0 of N x K gradients (channel kind)", _SFF_IN,
+             lambda *t: _sf_call(*t, attention="channel"), tuple([x] for x in _SFF_OUT),
+             zeros=_SFF_ZEROS, cancel=1.0),
+    Boundary("guidance_relu0_flat_grads", "guidance_loss",
+             "ReLU'(0) = 0 of R x K gradients (channel kind)", (_GUF_F, _GUF_G),
+             lambda f, g: _guidance_call(f, g, "channel", "rrr"), ([9.0 / 32],),
+             zeros={1: T([[False, True]])}),
     Boundary("energy_relu0_cut_cell", "guidance_loss",
              "ReLU'(0) = 0 of A+; box coverage of a cut cell", (_GU_F, _GU_G), _guidance_call,
              ([1.0 / 6],), grads=((T(_GU_DA) * T(_GU_G)).tolist(), _GU_DA),

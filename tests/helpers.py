@@ -69,13 +69,32 @@ def _sid(s):
 
 
 def big(shape, dtype, fmt="nchw", scale=1.0):
-    """Random N x K x H x W tensor in a memory format: 'nchw', 'channels_last', or 'strided'
-    (a non-contiguous view that is neither)."""
+    """Random N x K x H x W tensor in a memory format: 'nchw', 'channels_last', 'strided' (a
+    non-contiguous view that is neither), or one of the first two at a storage offset of one
+    element, 'offset_nchw' / 'offset_channels_last' (``offset_view``)."""
     if fmt == "strided":
         n, k, h, w = shape
         return (torch.randn(n, k, w, 2 * h, device=DEVICE) * scale).to(dtype).transpose(2, 3)[:, :, ::2]
-    t = (torch.randn(shape, device=DEVICE) * scale).to(dtype)
-    return t.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else t
+    return in_format((torch.randn(shape, device=DEVICE) * scale).to(dtype), fmt)
+
+
+def in_format(t, fmt):
+    """The contiguous N x K x H x W tensor ``t`` in memory format ``fmt``: 'nchw', 'channels_last',
+    'offset_nchw' or 'offset_channels_last'."""
+    base = fmt.removeprefix("offset_")
+    assert base in ("nchw", "channels_last"), fmt
+    t = t.contiguous(memory_format=torch.channels_last) if base == "channels_last" else t
+    return offset_view(t) if fmt != base else t
+
+
+def offset_view(t):
+    """A copy of ``t`` (same strides) that starts one element into its storage: a legal input
+    whose data pointer is not 16-byte aligned, so a kernel may not load it in 16-byte vectors
+    (the CUDA tile engine must see that; the emulator aborts on a misaligned vector access)."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].as_strided(t.shape, t.stride())
+    assert out.numel() == 0 or out.data_ptr() % 16 != 0
+    return out.copy_(t)
 
 
 def leaf(t):

@@ -7,11 +7,13 @@ Triton ahead-of-time compiles, the emulated CUDA backend, N = 0, non-finite and 
 in ``tests/boundaries.py``. Adding an op = adding its lines to ``op_sample_calls`` and ``PUBLIC``.
 
 Big N x K x H x W tensors take the dtype and layout asked for; everything small (maps, weights,
-2-D grads, per-sample values) is contiguous float32, as the interface says. ``op_sample_calls`` also walks
-the options that pick different kernel variants: ``positive``, the three ``kind`` codes,
-``normalize`` and ``mask_grad``, resized and same-size masks, soft-IoU with and without a mask,
-``guidance_loss``'s four kinds and losses with computed and given coverage, and the energy with
-cell weights (the bilinear option).
+2-D grads, per-sample values) is contiguous float32, as the interface says. The layouts
+'offset_nchw' and 'offset_channels_last' put every tensor (small ones too) one element into its
+storage: data pointers that are not 16-byte aligned (``helpers.offset_view``).
+``op_sample_calls`` also walks the options that pick different kernel variants: ``positive``,
+the three ``kind`` codes, ``normalize`` and ``mask_grad``, resized and same-size masks, soft-IoU
+with and without a mask, ``guidance_loss``'s four kinds and losses with computed and given
+coverage, and the energy with cell weights (the bilinear option).
 """
 from __future__ import annotations
 
@@ -19,24 +21,26 @@ import torch
 
 import attnfast
 from attnfast.backend import namespace
-from helpers import DEVICE, big, close, kink_free, pre_activation
+from helpers import DEVICE, big, close, in_format, kink_free, offset_view, pre_activation
 from attnfast._schema import KIND_CODES, LOSS_CODES, OPS
 
 EPS = 1e-6
+# layouts at a misaligned data pointer, each with the dtype it is tried in (2- and 4-byte elements)
+OFFSET_LAYOUTS = {"offset_nchw": torch.float16, "offset_channels_last": torch.float32}
 
 
 def op_sample_calls(dtype=torch.float32, layout="nchw", n=2, k=3, hw=(4, 5), last=(2, 3), device="cpu"):
     """(op name, forward arguments) pairs covering every op and its kernel-selecting options."""
     gen = torch.Generator().manual_seed(0)
+    offset = layout.startswith("offset_")  # then every tensor at a misaligned data pointer
 
     def big(k_, h, w, positive=False):
         t = torch.randn(n, k_, h, w, generator=gen)
-        t = (t.abs() if positive else t).to(device=device, dtype=dtype)
-        return t.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else t
+        return in_format((t.abs() if positive else t).to(device=device, dtype=dtype), layout)
 
     def small(*shape, positive=False):
         t = torch.rand(*shape, generator=gen) if positive else torch.randn(*shape, generator=gen)
-        return t.to(device)
+        return offset_view(t.to(device)) if offset else t.to(device)
 
     (h, w), (hl, wl) = hw, last
     f, g, g2 = big(k, h, w), big(k, h, w), big(k, h, w)
@@ -61,7 +65,9 @@ def op_sample_calls(dtype=torch.float32, layout="nchw", n=2, k=3, hw=(4, 5), las
     r = n  # rows: image 0 twice, the last image none (n >= 2), so R = N
     rows = torch.tensor([max(i - 1, 0) for i in range(r)], dtype=torch.long, device=device)
     boxes = torch.tensor([[[0., 0, 3, 2], [1, 1, 9, 9]]] * r, device=device).reshape(r, 2, 4)
+    rows, boxes = (offset_view(rows), offset_view(boxes)) if offset else (rows, boxes)
     r_grads = big(k, h, w)[rows]
+    r_grads = offset_view(r_grads) if offset else r_grads
     cov = small(r, h, w, positive=True)
     for kind in (0, 1, 2, 3):
         for loss, coverage in ((0, small(0)), (1, cov), (2, small(0)), (3, cov)):
@@ -71,6 +77,7 @@ def op_sample_calls(dtype=torch.float32, layout="nchw", n=2, k=3, hw=(4, 5), las
                                   EPS)))
     # the bilinear option at the layer's own resolution: coverage = the mask, cell weights = 1
     ones = torch.ones(h, w, device=device)
+    ones = offset_view(ones) if offset else ones
     out.append(("guidance_loss", (f, r_grads, boxes, rows, cov, ones, 2, 0, 8.0, 10.0, EPS)))
     return out
 
@@ -166,12 +173,16 @@ def _channels_last(x):
 def check_backward_contract(backend, name, fmt, device="cpu"):
     """``<op>_backward(*grads, *tensor inputs, *saved outputs, *options)`` of every backend gives
     what the eager backend's gives (autograd of the reference): one gradient per tensor input,
-    in its dtype, shape and memory layout."""
+    in its dtype, shape and memory layout. ``fmt``: 'nchw', 'channels_last', or 'mixed' (the
+    first argument, the lead big tensor, NCHW and the other big ones channels_last: the host
+    layer computes their gradients in the lead's layout and must hand them back in their own;
+    autograd would hide a wrong layout by copying into ``.grad``)."""
     torch.manual_seed(0)
     op = OPS[name]
     args = sample(name, device=device)
-    if fmt == "channels_last":
-        args = tuple(_channels_last(x) for x in args)
+    if fmt != "nchw":
+        args = tuple(x if fmt == "mixed" and i == 0 else _channels_last(x)
+                     for i, x in enumerate(args))
     n_in = len(op.tensor_inputs)
     ins, options = args[:n_in], args[n_in:]
     results = {}

@@ -10,8 +10,9 @@ Generic over ``attnfast._schema.OPS``: a test fails for an op without a register
 kernel, and every op runs every case of ``op_samples.op_sample_calls`` at the sizes of ``SIZES``
 (float32 / float16 / bfloat16 storage, NCHW and channels_last, an odd size, the 1 x 1 map,
 H = 1 < W and W = 1 < H, inner and last maps of equal H and different W, large sizes: several
-tiles, split passes, the fused loss's global-memory path), the boundary table, and thread-order
-independence in a fresh process with one multiprocessor and more samples than blocks.
+tiles, split passes, the fused loss's global-memory path), inputs at data pointers that are not
+16-byte aligned (views at a storage offset), the boundary table, and thread-order independence
+in a fresh process with one multiprocessor and more samples than blocks.
 
 Every test here runs in a forked child (marker ``forked``, tests/conftest.py): an emulator
 abort (a misaligned vector access, a deadlock at a barrier) fails that test only.
@@ -35,8 +36,9 @@ from attnfast._compat import has_kernel
 from attnfast._schema import KIND_CODES, LOSS_CODES, OPS, SCHEMAS
 from boundaries import TABLE, dtypes_for, run
 from helpers import DEVICE, REQUIRED, big, check, kink_free, pre_activation, require
-from op_samples import (op_sample_calls, check_backward_contract, check_mask_grad_contract,
-                        check_per_channel_equals_broadcast, call_every_op, public)
+from op_samples import (OFFSET_LAYOUTS, op_sample_calls, check_backward_contract,
+                        check_mask_grad_contract, check_per_channel_equals_broadcast,
+                        call_every_op, public)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "cuda_emu"))
@@ -67,6 +69,11 @@ SF_SIZES = dict(SIZES, **{"1x1": dict(n=2, k=4, hw=(3, 3), last=(1, 1)),
                           "large": dict(n=1, k=8, hw=(56, 56), last=(28, 28))})
 del SF_SIZES["wide"]
 MAP_ONLY = {"normalize_attention", "soft_mask", "soft_iou", "attention_consistency", "ggam_loss"}
+# op_samples.OFFSET_LAYOUTS: every tensor one element into its storage (data pointers not 16-byte
+# aligned): legal inputs that the tile engine must not load in 16-byte vectors (the emulator
+# aborts on a misaligned one). At "large" (N = 1, K = 8, 48 x 48), where aligned tensors are
+# vectorized in both layouts and every dtype; ggam_loss (N x K only) at "odd", guidance_loss in
+# test_guidance_matches_reference.
 OUT_TOL = {"soft_mask": 1e-4, "sharpen_focus_loss": 1e-4}
 # A last-layer map with one positive pixel (likely at 1 x 4) is scale-invariant after the
 # normalization: its gradient cancels to ~eps from O(1) terms, which float32 resolves to ~1e-7
@@ -109,7 +116,7 @@ def test_every_op_has_an_emulated_kernel():
         assert has_kernel(f"{emu_ext.NAMESPACE}::{name}", "CPU"), f"no emulated kernel: {name}"
 
 
-@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("fmt", ["channels_last", "mixed"])
 @pytest.mark.parametrize("name", list(OPS))
 def test_backward_contract(name, fmt):
     """``<op>_backward`` straight through the glue: gradient per input, dtype, layout, values."""
@@ -148,7 +155,8 @@ def _guide_case(dtype, fmt, size, flat=False):
     (every kind and every loss at least once each way). Energy on 1 x 1 maps is forward only:
     there L = 1 - cov for any A > 0, so its gradient is 0 in exact arithmetic and a comparison
     would weigh float32 rounding noise against the float32 reference's luck (~1e-8 vs ~1e-16)."""
-    other = {"nchw": "channels_last", "channels_last": "nchw"}[fmt]
+    other = {"nchw": "channels_last", "channels_last": "nchw",
+             "offset_nchw": "offset_channels_last", "offset_channels_last": "offset_nchw"}[fmt]
     for i, kind in enumerate(GUIDE_KINDS):
         for j, loss in enumerate(GUIDE_LOSSES):
             f, g, boxes, rows, img, mask = _guide_inputs(dtype, fmt, size, kind,
@@ -162,15 +170,22 @@ def _guide_case(dtype, fmt, size, flat=False):
 def _params():
     out = []
     for name in OPS:
+        if name == "guidance_loss":
+            continue  # its own sizes: test_guidance_matches_reference
         for dt in DTYPES:
             for fmt in (["nchw"] if name in MAP_ONLY else FMTS):
                 for s in (SF_SIZES if name == "sharpen_focus_loss" else SIZES):
                     if name == "ggam_loss" and s not in ("odd", "1x1", "wide"):
                         continue  # N x K inputs only
-                    if name == "guidance_loss":
-                        continue  # its own sizes: test_guidance_matches_reference
                     out.append(pytest.param(name, dt, fmt, s,
                                             id=f"{name}-{str(dt)[6:]}-{fmt}-{s}"))
+        for fmt, dt in OFFSET_LAYOUTS.items():
+            if name in MAP_ONLY:  # small tensors only: one layout, float32 whatever dt says
+                if fmt != "offset_nchw":
+                    continue
+                dt = torch.float32
+            s = "odd" if name == "ggam_loss" else "large"
+            out.append(pytest.param(name, dt, fmt, s, id=f"{name}-{str(dt)[6:]}-{fmt}-{s}"))
     return out
 
 
@@ -195,9 +210,12 @@ def test_op_matches_reference(name, dtype, fmt, size):
 
 
 def _guide_params():
-    """float32 on every GUIDE size, the half types on the small odd and h = 1 ones."""
-    return [pytest.param(dt, fmt, s, id=f"{str(dt)[6:]}-{fmt}-{s}") for dt in DTYPES for fmt in FMTS
-            for s in GUIDE if dt == torch.float32 or s in ("odd", "h1")]
+    """float32 on every GUIDE size, the half types on the small odd and h = 1 ones; F and G at
+    misaligned data pointers (OFFSET_LAYOUTS) on the odd size."""
+    cases = [(dt, fmt, s) for dt in DTYPES for fmt in FMTS for s in GUIDE
+             if dt == torch.float32 or s in ("odd", "h1")]
+    cases += [(dt, fmt, "odd") for fmt, dt in OFFSET_LAYOUTS.items()]
+    return [pytest.param(dt, fmt, s, id=f"{str(dt)[6:]}-{fmt}-{s}") for dt, fmt, s in cases]
 
 
 @pytest.mark.parametrize("dtype,fmt,size", _guide_params())

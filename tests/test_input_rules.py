@@ -8,8 +8,8 @@ import torch
 
 import attnfast
 from attnfast._schema import OPS
-from helpers import BACKENDS, DEVICE, require
-from op_samples import PUBLIC, op_sample_calls
+from helpers import BACKENDS, DEVICE, check, dtypes, require, use_small_shapes
+from op_samples import OFFSET_LAYOUTS, PUBLIC, op_sample_calls, public
 
 B = BACKENDS + ["torch"]
 
@@ -88,6 +88,23 @@ def test_cpp_host_layer_refuses_empty_maps():
     for call in calls:
         with pytest.raises(ValueError, match="empty H x W map|K = 0"):
             call()
+
+
+@pytest.mark.parametrize("layout", list(OFFSET_LAYOUTS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_misaligned_views(backend, layout):
+    """Every tensor one element into its storage (a data pointer that is not 16-byte aligned,
+    helpers.offset_view) is a legal input: every case of tests/op_samples.py (each op's first
+    on interpreted Triton: CI time), forward and backward, against the float64 reference."""
+    require(backend)
+    dtype = OFFSET_LAYOUTS[layout] if OFFSET_LAYOUTS[layout] in dtypes(backend) else torch.float32
+    seen = set()
+    for name, args in op_sample_calls(dtype, layout, device=DEVICE):
+        if name in seen and use_small_shapes(backend):
+            continue
+        seen.add(name)
+        tensors, call = public(name, args)
+        check(call, tensors, backend, out_tol=1e-4 if name == "sharpen_focus_loss" else None)
 
 
 F = torch.rand(2, 3, 4, 5)

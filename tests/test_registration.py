@@ -102,7 +102,7 @@ def test_opcheck(backend, name):
     torch.library.opcheck(op, args, test_utils=utils)
 
 
-@pytest.mark.parametrize("fmt", ["nchw", "channels_last"])
+@pytest.mark.parametrize("fmt", ["channels_last", "mixed"])
 @pytest.mark.parametrize("name", list(OPS))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backward_contract(backend, name, fmt):
