@@ -66,6 +66,9 @@ SIZES = {"odd": dict(n=3, k=13, hw=(5, 7), last=(3, 4)),
 SF_SIZES = dict(SIZES, **{"1x1": dict(n=2, k=4, hw=(3, 3), last=(1, 1)),
                           "large": dict(n=1, k=8, hw=(56, 56), last=(28, 28))})
 del SF_SIZES["wide"]
+# ops whose sample inputs (op_samples.op_sample_calls) are all small float32 tensors (maps, N x K):
+# the dtype and memory format asked for do not reach their kernels, so they run once (float32,
+# NCHW); a run per dtype or format would repeat the same computation bit for bit
 MAP_ONLY = {"normalize_attention", "soft_mask", "soft_iou", "attention_consistency", "ggam_loss"}
 OUT_TOL = {"soft_mask": 1e-4, "sharpen_focus_loss": 1e-4}
 # A last-layer map with one positive pixel (likely at 1 x 4) is scale-invariant after the
@@ -109,8 +112,8 @@ def test_every_op_has_an_emulated_kernel():
         assert has_kernel(f"{emu_ext.NAMESPACE}::{name}", "CPU"), f"no emulated kernel: {name}"
 
 
-@pytest.mark.parametrize("fmt", FMTS)
-@pytest.mark.parametrize("name", list(OPS))
+@pytest.mark.parametrize("name,fmt", [(name, fmt) for name in OPS
+                                      for fmt in (FMTS[:1] if name in MAP_ONLY else FMTS)])
 def test_backward_contract(name, fmt):
     """``<op>_backward`` straight through the glue: gradient per input, dtype, layout, values."""
     check_backward_contract(B, name, fmt)
@@ -162,8 +165,8 @@ def _guide_case(dtype, fmt, size, flat=False):
 def _params():
     out = []
     for name in OPS:
-        for dt in DTYPES:
-            for fmt in (["nchw"] if name in MAP_ONLY else FMTS):
+        for dt in (DTYPES[:1] if name in MAP_ONLY else DTYPES):
+            for fmt in (FMTS[:1] if name in MAP_ONLY else FMTS):
                 for s in (SF_SIZES if name == "sharpen_focus_loss" else SIZES):
                     if name == "ggam_loss" and s not in ("odd", "1x1", "wide"):
                         continue  # N x K inputs only
