@@ -68,6 +68,9 @@ SIZES = {"odd": dict(n=3, k=13, hw=(5, 7), last=(3, 4)),
 SF_SIZES = dict(SIZES, **{"1x1": dict(n=2, k=4, hw=(3, 3), last=(1, 1)),
                           "large": dict(n=1, k=8, hw=(56, 56), last=(28, 28))})
 del SF_SIZES["wide"]
+# ops whose sample inputs (op_samples.op_sample_calls) are all small float32 tensors (maps, N x K):
+# the dtype and memory format asked for do not reach their kernels, so they run once (float32,
+# NCHW); a run per dtype or format would repeat the same computation bit for bit
 MAP_ONLY = {"normalize_attention", "soft_mask", "soft_iou", "attention_consistency", "ggam_loss"}
 # op_samples.OFFSET_LAYOUTS: every tensor one element into its storage (data pointers not 16-byte
 # aligned): legal inputs that the tile engine must not load in 16-byte vectors (the emulator
@@ -116,8 +119,9 @@ def test_every_op_has_an_emulated_kernel():
         assert has_kernel(f"{emu_ext.NAMESPACE}::{name}", "CPU"), f"no emulated kernel: {name}"
 
 
-@pytest.mark.parametrize("fmt", ["channels_last", "mixed"])
-@pytest.mark.parametrize("name", list(OPS))
+@pytest.mark.parametrize("name,fmt", [(name, fmt) for name in OPS for fmt in
+                                      (["channels_last"] if name in MAP_ONLY else
+                                       ["channels_last", "mixed"])])
 def test_backward_contract(name, fmt):
     """``<op>_backward`` straight through the glue: gradient per input, dtype, layout, values."""
     check_backward_contract(B, name, fmt)
@@ -172,8 +176,8 @@ def _params():
     for name in OPS:
         if name == "guidance_loss":
             continue  # its own sizes: test_guidance_matches_reference
-        for dt in DTYPES:
-            for fmt in (["nchw"] if name in MAP_ONLY else FMTS):
+        for dt in (DTYPES[:1] if name in MAP_ONLY else DTYPES):
+            for fmt in (FMTS[:1] if name in MAP_ONLY else FMTS):
                 for s in (SF_SIZES if name == "sharpen_focus_loss" else SIZES):
                     if name == "ggam_loss" and s not in ("odd", "1x1", "wide"):
                         continue  # N x K inputs only

@@ -97,7 +97,10 @@ def grads32(fn, inputs, upstream):
 SHAPES = [(2, 16, 4, 4), (2, 24, 7, 7), (3, 13, 5, 3), (1, 128, 4, 4), (2, 8, 1, 1), (1, 512, 2, 3),
           (1, 2048, 1, 2), (1, 4, 64, 64), (1, 3, 63, 65)]  # the last three: split plans
 # EMU_QUICK=1 (the AddressSanitizer run of `make test`, asan_check.sh): a subset that still has
-# odd sizes, the 1 x 1 map, vector and scalar runs, split plans and every fused-loss branch.
+# odd sizes, the 1 x 1 map, vector and scalar runs, split plans and every fused-loss branch. The
+# fused losses take a covering design instead of the full product of their options (sf_quick,
+# guide_quick): every value of every option, every pair of options' values, and for
+# guidance_loss every kind x loss pair.
 QUICK = bool(os.environ.get("EMU_QUICK"))
 if QUICK:
     SHAPES = [(3, 13, 5, 3), (2, 8, 1, 1), (1, 4, 64, 64)]
@@ -238,6 +241,36 @@ def test_map_ops():
         check(f"ggam_bwd dbeta {n,k}", db, gr[1], 1e-5, gr32[1])
 
 
+def sf_quick(kind, fmt, dt, flat, mask_grad):
+    """The EMU_QUICK cases of test_sharpen_focus (normalize on, flat (0, 0, 0, 0) or (0, 0, 1, 1)).
+    float32: six of the 24 kind x format x flat x mask_grad cases, each kind with both values of
+    each two-valued option, and every pair of values of two options; float16 / bfloat16 (flat
+    (0, 0, 0, 0), mask_grad on): every kind and dtype with the formats alternating, so that every
+    kind x format and dtype x format pair is there."""
+    k, f, lf = kind, int(fmt is torch.channels_last), int(flat != (0, 0, 0, 0))
+    if dt == torch.float32:
+        return (f, lf, int(mask_grad)) in {0: ((0, 0, 0), (1, 1, 1)), 1: ((0, 1, 1), (1, 0, 0)),
+                                           2: ((1, 0, 1), (0, 1, 0))}[k]
+    return mask_grad and not lf and f == (k + (dt == torch.bfloat16)) % 2
+
+
+def guide_quick(kind, li, fmt, dt, flat, given):
+    """The EMU_QUICK cases of test_guidance: float32: each of the 16 kind x loss pairs once, its
+    format, flat (R x K) G and given coverage chosen so that every kind and every loss meets both
+    values of each, and each two of them all four pairs of values, and the energy with the bilinear
+    option's cell weights once per kind; float16 / bfloat16 (4-D G,
+    coverage from the boxes, energy or ppce): every kind x dtype pair once, loss and format
+    chosen so that every kind, every dtype meets both losses and both formats."""
+    f = int(fmt is torch.channels_last)
+    if given == "bilinear":  # the energy's cell weights: every kind once, both formats and G forms
+        return (f, int(flat)) == (kind % 2, kind // 2)
+    if dt == torch.float32:
+        return (f, int(flat), int(given)) == ((kind + li) % 2, (kind // 2 + li) % 2,
+                                              (kind + li // 2) % 2)
+    d = 1 if dt == torch.float16 else 2
+    return not flat and not given and (li, f) == (2 * ((kind + d) % 2), (kind // 2 + d) % 2)
+
+
 def test_sharpen_focus():
     KINDS = {"pixel": 0, "channel": 1, "gradcam": 2}
     cases = [((2, 16, 8, 8), (2, 24, 4, 4)), ((2, 12, 14, 14), (2, 32, 7, 7)), ((3, 8, 5, 6), (3, 16, 3, 3)),
@@ -248,7 +281,8 @@ def test_sharpen_focus():
             cases, KINDS, FORMATS, DTYPES, [(0, 0, 0, 0), (0, 0, 1, 1), (1, 0, 0, 1)], (True, False), (False, True)):
         if dt != torch.float32 and (not normalize or flat != (0, 0, 0, 0)):
             continue  # keep the run short: low precision only on the default path
-        if QUICK and (not normalize or flat == (1, 0, 0, 1) or (dt != torch.float32 and not mask_grad)):
+        if QUICK and (not normalize or flat == (1, 0, 0, 1) or
+                      not sf_quick(KINDS[kind], fmt, dt, flat, mask_grad)):
             continue
         tag = f"{kind} {si}/{sl} {'NHWC' if fmt is torch.channels_last else 'NCHW'} {str(dt)[6:]} flat={flat} norm={normalize} mg={mask_grad}"
         N = si[0]
@@ -311,6 +345,8 @@ def test_guidance():
             continue  # keep the run short: low precision only on the boxes / 4-D G path
         if given == "bilinear" and li != 0:
             continue  # the bilinear option is the energy's
+        if QUICK and not guide_quick(kinds[kind], li, fmt, dt, flat, given):
+            continue
         loss = losses[li]
         n, k, h, w = shape
         r, rows_t = len(rows), torch.tensor(rows)
