@@ -152,8 +152,8 @@ def test_coverage_given_equals_boxes(loss):
     cov = ref.box_coverage(boxes, IMAGE, (H, W)).float().contiguous()
     ops, code = torch.ops.attnfast_triton, attnfast._schema.LOSS_CODES[loss]
     empty = cov.new_empty((0,))
-    from_boxes = ops.guidance_loss(f, g, boxes, rows, empty, 0, code, *IMAGE, 1e-6)
-    given = ops.guidance_loss(f, g, boxes[:, :0], rows, cov, 0, code, *IMAGE, 1e-6)
+    from_boxes = ops.guidance_loss(f, g, boxes, rows, empty, empty, 0, code, *IMAGE, 1e-6)
+    given = ops.guidance_loss(f, g, boxes[:, :0], rows, cov, empty, 0, code, *IMAGE, 1e-6)
     close(from_boxes[0], given[0], "loss", 1e-5, 1e-6)
 
 
@@ -285,9 +285,12 @@ def test_opcheck():
     boxes = _boxes(len(ROWS))
     cov = torch.rand(len(ROWS), H, W, device=DEVICE)
     empty = cov.new_empty((0,))
-    for args in [(f, g, boxes, rows, empty, 0, 1, *IMAGE, 1e-6),
-                 (f, g[:, :, 0, 0].float().contiguous(), boxes, rows, cov, 1, 2, *IMAGE, 1e-6),
-                 (f, g, boxes, rows, cov, 3, 3, *IMAGE, 1e-6)]:
+    cell = torch.rand(H, W, device=DEVICE) + 0.5  # cell_weights (the bilinear energy's t)
+    for args in [(f, g, boxes, rows, empty, empty, 0, 1, *IMAGE, 1e-6),
+                 (f, g[:, :, 0, 0].float().contiguous(), boxes, rows, cov, empty, 1, 2, *IMAGE,
+                  1e-6),
+                 (f, g, boxes, rows, cov, empty, 3, 3, *IMAGE, 1e-6),
+                 (f, g, boxes, rows, cov, cell, 2, 0, *IMAGE, 1e-6)]:
         args = tuple(x.detach().requires_grad_() if i < 2 else x for i, x in enumerate(args))
         torch.library.opcheck(ops.guidance_loss.default, args,
                               test_utils=("test_schema", "test_autograd_registration",
