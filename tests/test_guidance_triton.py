@@ -20,7 +20,10 @@ axes meet every kind and every loss without repeating the 16 pairs:
   pixel; channel or gradcam: the weights path), every kind at least once;
 * chunked maps and split reductions: every loss once, gradcam and ixg alternating;
 * NaN placement: every kind x loss pair once, the NaN in F or in G alternating, so that every
-  kind and every loss has it in both.
+  kind and every loss has it in both;
+* coverage of every cell: every map (plain, h = 1, w = 1, chunked, unit cells) with the most
+  boxes (B = 5: every kind of box, padded edge vectors), the other box counts (padded in a
+  smaller block, not padded) on the plain and the chunked map.
 """
 import importlib
 
@@ -186,15 +189,20 @@ def _coverage_from_kernel(boxes, image, size, tiles=None):
     return 1.0 - g.grad[:, 0] / 2.0
 
 
-@pytest.mark.parametrize("size,image,tile", [((4, 5), IMAGE, None), ((1, 7), IMAGE, None),
-                                             ((6, 1), IMAGE, None), ((6, 7), (23, 30), 8),
-                                             ((3, 3), (3, 3), None)],
-                         ids=["4x5", "h1", "w1", "6x7-chunked", "3x3-unit-cells"])
-@pytest.mark.parametrize("n_boxes", [3, 2, 5])
-def test_box_coverage_per_cell(size, image, tile, n_boxes, tiles):
+COVER_MAPS = {"4x5": ((4, 5), IMAGE, None), "h1": ((1, 7), IMAGE, None),
+              "w1": ((6, 1), IMAGE, None), "6x7-chunked": ((6, 7), (23, 30), 8),
+              "3x3-unit-cells": ((3, 3), (3, 3), None)}
+# every map with B = 5 (all the kinds of box of the table; 12 edges padded to 16), and B = 2
+# (6 edges padded to 8) and B = 3 (8 edges, no padding) on the plain and the chunked map
+COVER_CASES = [(m, 5) for m in COVER_MAPS] + [(m, b) for m in ("4x5", "6x7-chunked") for b in (2, 3)]
+
+
+@pytest.mark.parametrize("map_id,n_boxes", COVER_CASES, ids=[f"{m}-B{b}" for m, b in COVER_CASES])
+def test_box_coverage_per_cell(map_id, n_boxes, tiles):
     """Coverage of every cell against reference.box_coverage in float64, element by element:
     boxes cutting cells, overlapping, sticking out, outside, zero-height, tiny, absent; B = 2
     and 5 leave the kernel's edge vectors padded (2B + 2 = 6, 12 edges in blocks of 8, 16)."""
+    size, image, tile = COVER_MAPS[map_id]
     require("triton")
     tiles(tile=tile)
     boxes = _boxes(len(BOX_TABLE))
