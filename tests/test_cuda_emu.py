@@ -329,26 +329,24 @@ def _thread_orders(device):
     return got
 
 
-@pytest.fixture(scope="module")
-def thread_orders():
-    cache = {}
-
-    def get(device):
-        if device not in cache:
-            cache[device] = _thread_orders(device)
-        return cache[device]
-    return get
+@pytest.fixture(scope="module", params=list(DEVICES))
+def thread_order_run(request):
+    """(device, op -> (status, text)): one thread_order.py run per emulated device, made here in
+    pytest's own process. Fixtures are set up outside the forked test bodies (tests/conftest.py);
+    a result computed inside a test body would die with its child process, and every test would
+    repeat the whole run (all ops) for its one op."""
+    return request.param, _thread_orders(request.param)
 
 
 @pytest.mark.parametrize("name", list(OPS))
-@pytest.mark.parametrize("device", list(DEVICES))
-def test_thread_order_independent(device, name, thread_orders):
+def test_thread_order_independent(name, thread_order_run):
     """Outputs and gradients bitwise equal whether the threads of a block run forward, in
     reverse or shuffled between barriers, with one multiprocessor and N = 5 samples, buffers in
     shared or in global memory (where a block processes several samples): a missing
     __syncthreads, within a sample or between two, would show here."""
-    status, text = thread_orders(device)[name]
-    assert status == "ok", f"{name}: {status}: {text}"
+    device, results = thread_order_run
+    status, text = results[name]
+    assert status == "ok", f"{device} {name}: {status}: {text}"
 
 
 # ----------------------------------------------------------------------------- guidance_loss

@@ -8,6 +8,22 @@ computed in-kernel from boxes that cut cells, overlap, stick out of or lie outsi
 h = 1 < w and w = 1 < h, maps walked in several chunks (MAP_TILE lowered) and split reductions,
 half precision, ties at the max and the all-zero map, NaN placement. Under the interpreter
 (no GPU: conftest sets TRITON_INTERPRET=1) the shapes are small.
+
+Covering designs instead of full products (the interpreter is slow). The loss reaches the
+kernels only through the per-row program (dL/dA, and whether the ReLU mask applies: all but ixg
+with rrr); the kind picks the map and backward passes, the layout and R x K gradients their
+loads. So every kind x loss pair runs once in full (test_every_kind_and_loss), and the other
+axes meet every kind and every loss without repeating the 16 pairs:
+* R x K gradients: the diagonal kind x loss (pixel/energy, channel/l1, gradcam/ppce, ixg/rrr:
+  every kind and every loss once, ixg/rrr the unmasked backward);
+* layouts: each (F, G) layout pair with a kind of each backward path (pixel or ixg: G read per
+  pixel; channel or gradcam: the weights path), every kind at least once;
+* chunked maps and split reductions: every loss once, gradcam and ixg alternating;
+* NaN placement: every kind x loss pair once, the NaN in F or in G alternating, so that every
+  kind and every loss has it in both;
+* coverage of every cell: every map (plain, h = 1, w = 1, chunked, unit cells) with the most
+  boxes (B = 5: every kind of box, padded edge vectors), the other box counts (padded in a
+  smaller block, not padded) on the plain and the chunked map.
 """
 import importlib
 
@@ -106,25 +122,27 @@ def test_every_kind_and_loss(kind, loss):
     _check(kind, loss, f, g, rows)
 
 
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind,loss", list(zip(KINDS, LOSSES)))
 def test_per_channel_grads(kind, loss):
     """R x K gradients (GAP + linear head), features channels_last."""
     f, g, rows = _inputs(kind, f_fmt="channels_last", per_channel=True)
     _check(kind, loss, f, g, rows)
 
 
-@pytest.mark.parametrize("fmts", [("nchw", "nchw"), ("channels_last", "channels_last"),
-                                  ("channels_last", "nchw")], ids=lambda x: "-".join(x))
-@pytest.mark.parametrize("kind", KINDS)
+LAYOUTS = [("nchw", "nchw"), ("channels_last", "channels_last"), ("channels_last", "nchw")]
+
+
+@pytest.mark.parametrize("kind,fmts", [(kind, fmts) for j, fmts in enumerate(LAYOUTS)
+                                       for i, kind in enumerate(KINDS) if (i + j) % 2 == 0],
+                         ids=lambda x: x if isinstance(x, str) else "-".join(x))
 def test_layouts(kind, fmts):
     f, g, rows = _inputs(kind, f_fmt=fmts[0], g_fmt=fmts[1])
     out = _check(kind, "l1", f, g, rows)
     assert out[0].dtype == torch.float32
 
 
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("kind", ["gradcam", "ixg"])
+@pytest.mark.parametrize("kind,loss", [(("gradcam", "ixg")[j % 2], loss)
+                                       for j, loss in enumerate(LOSSES)])
 def test_chunked_maps_and_split_reductions(kind, loss, tiles):
     """Maps of 6 x 7 = 42 pixels walked in chunks of 8 (coverage recomputed per chunk), the
     channel sums and the backward's pixel sums split over programs (partial sums); gradcam
@@ -171,15 +189,20 @@ def _coverage_from_kernel(boxes, image, size, tiles=None):
     return 1.0 - g.grad[:, 0] / 2.0
 
 
-@pytest.mark.parametrize("size,image,tile", [((4, 5), IMAGE, None), ((1, 7), IMAGE, None),
-                                             ((6, 1), IMAGE, None), ((6, 7), (23, 30), 8),
-                                             ((3, 3), (3, 3), None)],
-                         ids=["4x5", "h1", "w1", "6x7-chunked", "3x3-unit-cells"])
-@pytest.mark.parametrize("n_boxes", [3, 2, 5])
-def test_box_coverage_per_cell(size, image, tile, n_boxes, tiles):
+COVER_MAPS = {"4x5": ((4, 5), IMAGE, None), "h1": ((1, 7), IMAGE, None),
+              "w1": ((6, 1), IMAGE, None), "6x7-chunked": ((6, 7), (23, 30), 8),
+              "3x3-unit-cells": ((3, 3), (3, 3), None)}
+# every map with B = 5 (all the kinds of box of the table; 12 edges padded to 16), and B = 2
+# (6 edges padded to 8) and B = 3 (8 edges, no padding) on the plain and the chunked map
+COVER_CASES = [(m, 5) for m in COVER_MAPS] + [(m, b) for m in ("4x5", "6x7-chunked") for b in (2, 3)]
+
+
+@pytest.mark.parametrize("map_id,n_boxes", COVER_CASES, ids=[f"{m}-B{b}" for m, b in COVER_CASES])
+def test_box_coverage_per_cell(map_id, n_boxes, tiles):
     """Coverage of every cell against reference.box_coverage in float64, element by element:
     boxes cutting cells, overlapping, sticking out, outside, zero-height, tiny, absent; B = 2
     and 5 leave the kernel's edge vectors padded (2B + 2 = 6, 12 edges in blocks of 8, 16)."""
+    size, image, tile = COVER_MAPS[map_id]
     require("triton")
     tiles(tile=tile)
     boxes = _boxes(len(BOX_TABLE))
@@ -262,9 +285,9 @@ def test_all_zero_maps(loss):
     _check("gradcam", loss, f, g, rows)
 
 
-@pytest.mark.parametrize("which", ["features", "grads"])
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("kind", ["pixel", "gradcam", "ixg"])
+@pytest.mark.parametrize("kind,loss,which", [
+    (kind, loss, ("features", "grads")[(i + j) % 2])
+    for i, kind in enumerate(["pixel", "gradcam", "ixg"]) for j, loss in enumerate(LOSSES)])
 def test_nan_lands_where_eager_puts_it(kind, loss, which):
     """docs/SPEC.md decision 15: a NaN in F (image 0, used by rows 0 and 2) or in G (row 1)
     reaches exactly the outputs and gradients eager autograd of the reference carries it to."""
