@@ -340,10 +340,11 @@ def thread_order_run(request):
 
 @pytest.mark.parametrize("name", list(OPS))
 def test_thread_order_independent(name, thread_order_run):
-    """Outputs and gradients bitwise equal whether the threads of a block run forward, in
-    reverse or shuffled between barriers, with one multiprocessor and N = 5 samples, buffers in
-    shared or in global memory (where a block processes several samples): a missing
-    __syncthreads, within a sample or between two, would show here."""
+    """Outputs and gradients bitwise equal whether the threads of a block run forward, with
+    warps running ahead of each other or shuffled between barriers (emu_ext.ORDERS), with one
+    multiprocessor and N = 5 samples, buffers in shared or in global memory (where a block
+    processes several samples): a missing __syncthreads, within a sample or between two, would
+    show here."""
     device, results = thread_order_run
     status, text = results[name]
     assert status == "ok", f"{device} {name}: {status}: {text}"
@@ -417,11 +418,11 @@ def test_guidance_no_boxes_and_no_rows(kind):
 @pytest.mark.parametrize("kind", GUIDE_KINDS)
 def test_guidance_thread_order_independent(kind, loss):
     """Every kind x loss (coverage from boxes, rows sharing an image, G in the other layout):
-    bitwise equal results for forward, reversed and shuffled thread order."""
+    bitwise equal results in every thread order of emu_ext.ORDERS."""
     torch.manual_seed(0)
     f, g, boxes, rows, img, _ = _guide_inputs(torch.float32, "nchw", "odd", kind, "channels_last")
     results = {}
-    for order in ("forward", "reverse", "shuffle"):
+    for order in emu_ext.ORDERS:
         os.environ["EMU_ORDER"] = order
         try:
             xs = [x.detach().requires_grad_() for x in (f, g)]
@@ -432,6 +433,8 @@ def test_guidance_thread_order_independent(kind, loss):
         finally:
             os.environ.pop("EMU_ORDER")
         results[order] = [out.detach(), xs[0].grad, xs[1].grad]
-    for order in ("reverse", "shuffle"):
-        for i, (a, b) in enumerate(zip(results["forward"], results[order])):
-            assert torch.equal(a, b), f"{kind}/{loss}: result {i} differs between forward and {order}"
+    first = emu_ext.ORDERS[0]
+    for order in emu_ext.ORDERS[1:]:
+        for i, (a, b) in enumerate(zip(results[first], results[order])):
+            assert torch.equal(a, b), \
+                f"{kind}/{loss}: result {i} differs between {first} and {order}"

@@ -4,9 +4,13 @@
 // thread, with real barriers (__syncthreads, per-warp barriers for shuffles), shared memory and
 // NaN-filled dynamic shared memory; blocks run one after the other. Between two barriers each
 // thread runs alone, in the order EMU_ORDER = forward (default), reverse or shuffle: results
-// that change with the order reveal a missing barrier. Vector accesses are checked for 16-byte
-// alignment; under AddressSanitizer (fiber switches annotated) out-of-bounds accesses abort.
-// Only what csrc/cuda uses is emulated.
+// that change with the order reveal a missing barrier. In those three orders every thread
+// reaches its next warp barrier (a shuffle) before any warp passes one; EMU_ORDER = warps lets
+// each warp run ahead to the next block barrier before the next warp starts (warps and their
+// threads in reverse order), as real warps may: a block barrier missing between two uses of
+// shared memory that a warp reaches through warp barriers only shows there. Vector accesses
+// are checked for 16-byte alignment; under AddressSanitizer (fiber switches annotated)
+// out-of-bounds accesses abort. Only what csrc/cuda uses is emulated.
 #pragma once
 
 #ifndef ATTNFAST_HOST_EMU
@@ -164,20 +168,33 @@ inline void run(int64_t grid, int threads, size_t smem_bytes, const std::functio
       s.warp_arrived[w] = 0;
     }
     for (Fiber& f : s.fibers) start_fiber(f);
-    for (int done = 0; done < threads;) {
+    int done = 0;
+    auto step = [&](int t) {  // runs thread t until it waits or ends, if it is ready
+      Fiber& f = s.fibers[t];
+      const bool ready = f.state == State::kReady ||
+                         (f.state == State::kBlockWait && f.wait_gen != s.block_gen) ||
+                         (f.state == State::kWarpWait && f.wait_gen != s.warp_gen[t / 32]);
+      if (!ready) return false;
+      f.state = State::kReady, s.current = t;
+      threadIdx = make_uint3(static_cast<unsigned>(t), 0, 0);
+      switch_context(&s.main, &f.ctx, f.stack.data(), f.stack.size());
+      if (f.state == State::kDone) ++done;
+      return true;
+    };
+    const bool by_warp = mode && !std::strcmp(mode, "warps");
+    while (done < threads) {
       if (mode && !std::strcmp(mode, "reverse")) std::reverse(order.begin(), order.end());
       if (mode && !std::strcmp(mode, "shuffle")) std::shuffle(order.begin(), order.end(), rng);
       bool progress = false;
-      for (int t : order) {
-        Fiber& f = s.fibers[t];
-        const bool ready = f.state == State::kReady ||
-                           (f.state == State::kBlockWait && f.wait_gen != s.block_gen) ||
-                           (f.state == State::kWarpWait && f.wait_gen != s.warp_gen[t / 32]);
-        if (!ready) continue;
-        f.state = State::kReady, s.current = t, progress = true;
-        threadIdx = make_uint3(static_cast<unsigned>(t), 0, 0);
-        switch_context(&s.main, &f.ctx, f.stack.data(), f.stack.size());
-        if (f.state == State::kDone) ++done;
+      if (by_warp) {  // each warp as far as it gets before the next one, last warp first
+        for (int w = (threads - 1) / 32; w >= 0; --w)
+          for (bool ran = true; ran;) {
+            ran = false;
+            for (int t = std::min(threads, 32 * w + 32) - 1; t >= 32 * w; --t) ran = step(t) || ran;
+            progress = progress || ran;
+          }
+      } else {
+        for (int t : order) progress = step(t) || progress;
       }
       if (!progress) {
         std::fprintf(stderr, "emu: deadlock in block %lld (a barrier not reached by all threads)\n",

@@ -39,6 +39,10 @@ CSRC = ROOT / "csrc"
 NAME = "attnfast_cuda_emu"
 NAMESPACE = "attnfast_emu"
 BACKEND = "cuda_emu"
+# EMU_ORDER values the thread-order tests compare (csrc/cuda/host_emu.h): threads forward between
+# barriers (the reference run), each warp running ahead to the next block barrier (warps and
+# threads reversed), shuffled
+ORDERS = ("forward", "warps", "shuffle")
 _state: dict = {}
 
 
