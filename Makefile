@@ -16,7 +16,7 @@ HAVE_NVCC := $(shell command -v nvcc >/dev/null 2>&1 && echo 1)
 install:
 	# torch first, from the local CPU wheel / the index (never inside a build environment)
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) torch==2.13.0
-	$(PIP) triton scikit-learn matplotlib tqdm ninja pytest pytest-benchmark
+	$(PIP) triton scikit-learn matplotlib tqdm ninja pytest pytest-benchmark pytest-xdist
 	$(PIP) --no-deps captum  # tests/test_cam.py compares with LayerGradCam (deps: above + torch)
 	$(PIP) --no-build-isolation -e .
 
@@ -34,5 +34,10 @@ cuda-emu-asan:
 	@if [ -n "$(HAVE_NVCC)" ]; then PYTHON=$(PYTHON) bash tests/cuda_emu/asan_check.sh; \
 	else echo "nvcc not found: no CUDA headers, emulated CUDA kernels not run under ASan"; fi
 
+# The suite in parallel, one worker per core, whole files per worker (--dist loadfile: a file's
+# module fixtures, such as the emulated thread-order runs, are made once): on 2 cores 754 s
+# instead of 1385 s (2026-12-07). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= auto
 test: install nvcc-check cuda-emu-asan
-	ATTNFAST_REQUIRE=cpu,triton$(if $(HAVE_NVCC),$(comma)cuda_emu) $(PYTHON) -m pytest tests -q -ra
+	ATTNFAST_REQUIRE=cpu,triton$(if $(HAVE_NVCC),$(comma)cuda_emu) $(PYTHON) -m pytest tests -q -ra \
+	  -n $(TEST_WORKERS) --dist loadfile --durations=25
