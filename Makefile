@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make train   -- install, then the main job (baseline vs Sharpen Focus on the embedded digits)
+#   make train   -- install, then the main job (baseline, Sharpen Focus and guidance from boxes
+#                   on the embedded located digits)
 #   make test    -- install, then the whole test suite (CPU: C++ kernels, Triton interpreter,
 #                   nvcc compile check of the CUDA sources when nvcc is present, and the CUDA
 #                   kernels + glue run on the CPU under the host emulator: tests/test_cuda_emu.py,

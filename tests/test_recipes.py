@@ -50,6 +50,25 @@ def test_every_recipe_resolves(name, capsys, tmp_path):
     assert not (tmp_path / "run").exists(), "--dry-run writes nothing"
 
 
+def test_main_job_arms(capsys):
+    """The main job (``make train``): baseline, Sharpen Focus at weight 0.1 and guidance at
+    weight 0.1 with boxes for 10 % of the training images (docs/METHOD.md, the main job)."""
+    cfg = dry_run(capsys, "--compare")
+    assert cfg["methods"] == ["baseline", "sharpen-focus", "guidance"]
+    assert (cfg["sf_weight"], cfg["guidance_weight"], cfg["box_fraction"]) == (0.1, 0.1, 0.1)
+    assert (cfg["guidance_loss"], cfg["guidance_layers"], cfg["guidance_attention"]) == (
+        "energy", "last", "gradcam")
+
+
+def test_guidance_arm_needs_a_source_with_boxes(capsys):
+    """On a source without boxes the recipe's guidance arm is left out; asked for by name it
+    is refused before anything runs, naming the sources that have boxes."""
+    assert dry_run(capsys, "--compare", "--data", "digits")["methods"] == [
+        "baseline", "sharpen-focus"]
+    with pytest.raises(SystemExit, match="needs boxes; --data digits has none.*located-digits"):
+        train.main(["--method", "baseline,guidance", "--data", "digits", "--dry-run"])
+
+
 # the papers' settings, written out here (Sharpen Focus Sec. 4; GGAM Sec. 3, as in issue 23)
 SHARPEN_FOCUS_CUB = dict(data="cub200", image_size=448, batch_size=10, lr=0.001, epochs=90,
                          schedule="step", milestones=[30, 60], backbone_lr_scale=1.0)

@@ -137,8 +137,8 @@ def test_the_number_of_models_is_said_at_the_start(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(cli, "run", stop)
     assert interrupted_main(["--epochs", "1", "--out", str(tmp_path), "--train-size", "16",
                              "--test-size", "8", "--no-progress"]) == 130
-    assert ("training 6 model(s): 3 seed(s) x 2 method(s) (baseline, sharpen-focus), 1 epoch(s) "
-            "each") in capsys.readouterr().out
+    assert ("training 9 model(s): 3 seed(s) x 3 method(s) (baseline, sharpen-focus, guidance), "
+            "1 epoch(s) each") in capsys.readouterr().out
 
 
 def _fail_writes_of(name, after, monkeypatch):

@@ -1,13 +1,16 @@
-"""Thin trainer for Sharpen Focus and GGAM: ``python -m attnfast.train`` / ``attnfast-train``.
+"""Thin trainer for Sharpen Focus, GGAM and guidance from boxes: ``python -m attnfast.train`` /
+``attnfast-train``.
 
-The default (``--compare``, the README's main job, recipe ``located-digits``) trains a baseline
-and Sharpen Focus on the located digits (a digit somewhere on a 32 x 32 canvas among fragments of
+The default (``--compare``, the README's main job, recipe ``located-digits``) trains a baseline,
+Sharpen Focus and guidance from boxes (10 % of the training images) on the located digits (a digit somewhere on a 32 x 32 canvas among fragments of
 other digits, its box known; :mod:`.data.located`) with a CIFAR-style ResNet-8, over three seeds,
 and prints a table of mean ± sd: top-1, localization of the target maps at both supervised layers
 (energy pointing game, pointing game; the confuser map's energy in the box; :mod:`.localize`),
 attention separability (soft-IoU target vs confuser, masked as in the loss; lower = better
 separated), the consistency term L_ac and training images/s, plus the per-seed difference to
-the baseline. Its Sharpen Focus settings were chosen on the validation split (docs/METHOD.md).
+the baseline. Its Sharpen Focus and guidance settings were chosen on the validation split
+(docs/METHOD.md). On a source without boxes the recipe's guidance arm is left out (an explicit
+``--method guidance`` there is refused before any training).
 
 With ``--seeds N`` seed s runs in ``<out>/seed<s>/``; ``<out>/summary.json`` and
 ``<out>/summary.md`` hold the table. ``--eval-split val`` measures on the validation split

@@ -37,7 +37,8 @@ from .files import caltech256, cub200, imagefolder
 from .located import located_digits
 from .voc import VOC_CLASSES, voc2012
 
-__all__ = ["Data", "load", "SOURCES", "FROM_FOLDER", "VOC_CLASSES", "shard", "first"]
+__all__ = ["Data", "load", "SOURCES", "FROM_FOLDER", "WITH_BOXES", "VOC_CLASSES", "shard",
+           "first"]
 
 SOURCES = {
     "digits": digits,
@@ -54,6 +55,9 @@ SOURCES = {
     "synthetic": synthetic,
     "synthetic-multilabel": lambda **kw: synthetic(multilabel=True, **kw),
 }
+
+# The sources whose images come with object boxes (localization metrics, guidance).
+WITH_BOXES = ("located-digits", "located-digits-cue", "voc2012")
 
 # The sources read from a local folder (``--data-dir``); the others are built in memory.
 FROM_FOLDER = ("cifar10", "cifar100", "imagefolder", "caltech256", "cub200", "fgvc-aircraft",
