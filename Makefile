@@ -35,10 +35,12 @@ cuda-emu-asan:
 	@if [ -n "$(HAVE_NVCC)" ]; then PYTHON=$(PYTHON) bash tests/cuda_emu/asan_check.sh; \
 	else echo "nvcc not found: no CUDA headers, emulated CUDA kernels not run under ASan"; fi
 
-# The suite in parallel, one worker per core, whole files per worker (--dist loadfile: a file's
-# module fixtures, such as the emulated thread-order runs, are made once): on 2 cores 754 s
-# instead of 1385 s (2026-12-07). TEST_WORKERS=0 runs it in one process.
+# The suite in parallel, one worker per core, tests handed out as workers free up (--dist
+# worksteal): on 2 cores about half the serial time (754 s loadfile vs 1385 s serial,
+# 2026-12-07). A test whose process crashes (a C++ kernel aborting) fails alone and a new worker
+# runs the rest (tests/test_forked.py; loadfile would retry it and drop the rest of its file).
+# TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= auto
 test: install nvcc-check cuda-emu-asan
 	ATTNFAST_REQUIRE=cpu,triton$(if $(HAVE_NVCC),$(comma)cuda_emu) $(PYTHON) -m pytest tests -q -ra \
-	  -n $(TEST_WORKERS) --dist loadfile --durations=25
+	  -n $(TEST_WORKERS) --dist worksteal --durations=25
