@@ -42,12 +42,15 @@ if [ ! -f "$VENV/.attnfast-ci-complete" ]; then
   python3 -m venv "$VENV"
   # `===` (arbitrary equality) matches the index's "2.13.0" (CUDA) and not a local "2.13.0+cpu"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch===$TORCH" \
-    "torchvision==$VISION" numpy ninja setuptools wheel pytest pytest-benchmark scikit-learn \
+    "torchvision==$VISION" numpy ninja setuptools wheel pytest pytest-benchmark pytest-xdist \
+    scikit-learn \
     matplotlib tqdm pillow
   touch "$VENV/.attnfast-ci-complete"
   stamp "venv created"
 fi
 PY=$VENV/bin/python
+# a venv made before the tests ran in parallel lacks pytest-xdist
+"$PY" -c "import xdist" 2>/dev/null || "$PY" -m pip install -q --disable-pip-version-check pytest-xdist
 export PATH="$VENV/bin:$PATH"   # ninja, pytest of the venv
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$CACHE/triton-$KEY}   # the AOT test's cubins
 "$PY" -c "import torch, triton; assert torch.version.cuda, 'torch ' + torch.__version__ + ' is not a CUDA build'; print('cuda lane: torch', torch.__version__, 'CUDA', torch.version.cuda, 'triton', triton.__version__, 'GPU available:', torch.cuda.is_available())"
@@ -106,5 +109,6 @@ tests=${ATTNFAST_CI_TESTS:-"tests/test_cuda_build.py tests/test_registration.py
   tests/test_triton_kernels.py::test_kernels_compile_for_sm90"}
 ATTNFAST_REQUIRE=cpu,triton,cuda-build ATTNFAST_CUDA_ARCHS=$ARCHS \
   "$PY" -m pytest $(for t in $tests; do echo "$repo/$t"; done) -q -ra --durations=15 \
+  -n "${TEST_WORKERS:-auto}" --dist worksteal \
   -p no:cacheprovider --rootdir "$repo" ${ATTNFAST_CI_PYTEST_ARGS:-}
 stamp "tests passed"
