@@ -60,6 +60,13 @@ def test_main_job_arms(capsys):
         "energy", "last", "gradcam")
 
 
+@pytest.mark.parametrize("name", [n for n in data_mod.SOURCES if n not in data_mod.FROM_FOLDER])
+def test_with_boxes_lists_the_sources_that_have_boxes(name):
+    """data.WITH_BOXES (the trainer's one list) agrees with what each in-memory source gives."""
+    data = data_mod.load(name, train_size=8, test_size=4)
+    assert bool(data.boxes) == (name in data_mod.WITH_BOXES), name
+
+
 def test_guidance_arm_needs_a_source_with_boxes(capsys):
     """On a source without boxes the recipe's guidance arm is left out; asked for by name it
     is refused before anything runs, naming the sources that have boxes."""

@@ -118,9 +118,7 @@ class Annotated(Dataset):
 def box_subset(cfg, data, run_dir):
     """The training images whose boxes guidance uses: round(--box-fraction x N) of them (at least
     one for a fraction > 0), drawn once per seed; listed in ``run_dir/boxes_used.json``."""
-    if not data.boxes:
-        raise SystemExit(f"--method guidance needs boxes; {data.name} has none (sources with "
-                         f"boxes: {', '.join(data_mod.WITH_BOXES)})")
+    # (a source without boxes is refused before any training: recipes.config, data.WITH_BOXES)
     n = len(data.train)
     k = min(n, max(1 if cfg["box_fraction"] > 0 else 0, round(cfg["box_fraction"] * n)))
     chosen = torch.randperm(n, generator=torch.Generator().manual_seed(cfg["seed"] + 7919))[:k]
